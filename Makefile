@@ -1,0 +1,22 @@
+# The two commands of the README. Both create .venv in this checkout (once; again when pyproject.toml changes).
+#   make run    set up, then run the main job on the embedded default
+#   make test   set up, then run the whole test suite offline
+PY := .venv/bin/python
+
+.PHONY: run test setup clean
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --compile -e '.[test]'
+	touch $@
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) platform/demo.py
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf .venv *.egg-info

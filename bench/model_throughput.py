@@ -1,0 +1,84 @@
+"""Forward + backward training throughput (images/s) and peak memory of a model config, on this machine.
+
+    python bench/model_throughput.py [--configs tiny vit-s16-cc4m] [--steps 5] [--device cpu|cuda] [--bf16]
+
+Each config runs in its own subprocess so that its peak resident memory (CPU) is its own; on CUDA the peak
+allocated GPU memory is reported. One full training step = model forward with the stage-1 losses
+(contrast + entity completion), backward and an AdamW step, on random inputs of the config's image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+DEFAULT_BATCH = {"tiny": 64, "vit-s16-cc4m": 8, "vit-b16-cc4m": 8}
+
+
+def run_one(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
+    import torch
+
+    from ovseg import build_model
+    from ovseg.config import LossConfig
+    from ovseg.engine import build_optimizer, train_step
+
+    model = build_model(name).to(device)
+    cfg = model.config
+    size, L = cfg.model.vision.img_size, cfg.model.text.max_length
+    vocab = model.tokenizer.vocab_size
+    ids = torch.randint(1000, vocab, (batch, L), device=device)
+    mask = torch.ones(batch, L, dtype=torch.long, device=device)
+    data = {"image": torch.randn(batch, 3, size, size, device=device), "caption_ids": ids, "caption_mask": mask,
+            "question_ids": ids, "question_mask": mask, "answer_ids": ids, "answer_mask": mask}
+    opt = build_optimizer(model, 1e-4)
+    kw = {"autocast_dtype": torch.bfloat16} if bf16 else {}
+    train_step(model, data, opt, LossConfig(), **kw)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, data, opt, LossConfig(), **kw)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"config": name, "batch": batch, "image_size": size, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "images_per_s": batch * steps / dt, "step_s": dt / steps, "peak_mib": peak, "device": device,
+            "threads": torch.get_num_threads(), "bf16": bf16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["tiny", "vit-s16-cc4m"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(args.child, args.batch, args.steps, args.device, args.bf16)))
+        return 0
+    print(f"# {' '.join(sys.argv)}  |  {platform.node()} {platform.processor() or platform.machine()}  |  "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"{'config':16s} {'params':>8s} {'batch':>5s} {'img':>4s} {'images/s':>9s} {'s/step':>7s} {'peak MiB':>9s}")
+    for name in args.configs:
+        cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch or DEFAULT_BATCH.get(name, 8)),
+               "--steps", str(args.steps), "--device", args.device] + (["--bf16"] if args.bf16 else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print(f"{r['config']:16s} {r['params_m']:7.1f}M {r['batch']:5d} {r['image_size']:4d} "
+              f"{r['images_per_s']:9.1f} {r['step_s']:7.3f} {r['peak_mib']:9.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Checkpoints: one safetensors file holding the weights, the config, the step and the metrics.
+
+Loading never unpickles: safetensors stores raw tensors plus a string header, so a checkpoint from an
+untrusted partner site cannot run code. A checkpoint is written to a temporary name in the same folder and
+renamed into place, so a crash mid-write never leaves a truncated file under the real name.
+Extra tensors (optimizer state, for instance) can ride along under their own prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import Config, from_dict, to_dict
+
+FORMAT = "ovseg-checkpoint/1"
+EXTRA = "extra/"
+
+
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor]
+    config: Config
+    step: int
+    metrics: dict = field(default_factory=dict)
+    text_hf_config: dict | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, step: int = 0,
+                    metrics: dict | None = None, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage, and a later in-place update must not race the write
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        tensors[EXTRA + k] = v.detach().to("cpu", copy=True).contiguous()
+    text = getattr(model, "text", None)
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(to_dict(config)),
+        "step": str(int(step)),
+        "metrics": json.dumps(metrics or {}),
+        "text_hf_config": json.dumps(text.model.config.to_dict()) if text is not None else "null",
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable ovseg checkpoint (safetensors): {e}") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not an ovseg checkpoint (format {meta.get('format')!r})")
+    try:
+        config = from_dict(Config, json.loads(meta["config"]))
+        text_cfg = json.loads(meta.get("text_hf_config", "null"))
+        metrics = json.loads(meta.get("metrics", "{}"))
+        step = int(meta["step"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: damaged checkpoint header ({e})") from e
+    weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
+    extra = {k[len(EXTRA):]: v for k, v in tensors.items() if k.startswith(EXTRA)}
+    return Checkpoint(weights, config, step, metrics, text_cfg, extra)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """-> (model, config): the model rebuilt from the stored config, weights loaded strictly."""
+    from .models import build_model
+
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt.config, text_hf_config=ckpt.text_hf_config, load_pretrained=False)
+    if any(k.startswith("momentum_vision.") for k in ckpt.weights):
+        model.init_momentum()
+    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the stored config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.checkpoint_step = ckpt.step
+    model.checkpoint_metrics = ckpt.metrics
+    return model.to(map_location), ckpt.config

@@ -1,0 +1,237 @@
+"""The one configuration tree: frozen dataclasses, YAML files and dotted overrides.
+
+Every entry point (pretraining, Flower, Tune, the tests) speaks the same dotted keys, e.g.
+``model.vision.num_output_groups=[8]`` or ``loss.entity_weight=0.5``. A named configuration is a YAML
+file in ``ovseg/configs/`` holding only what differs from the defaults below; the defaults are the
+paper's ViT-B/16 model (OVSegmentor, CVPR 2023; reference: ovsegmentor.md sections 2, 4, 6, 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """GroupViT vision tower. One entry per stage in the tuples; a grouping block ends every stage but the last."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    depths: tuple[int, ...] = (6, 6)
+    num_heads: tuple[int, ...] = (8, 8)  # the released configs use 8 heads on DINO's 12-head weights
+    num_group_tokens: tuple[int, ...] = (64, 0)  # learnable tokens carried through each stage
+    num_output_groups: tuple[int, ...] = (8,)  # slots after each grouping block
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.1
+    patch_norm: bool = False
+    hard_assignment: bool = True  # Gumbel-softmax hard assignment (straight-through) in training
+    gumbel_tau: float = 1.0
+    assign_eps: float = 1.0  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
+    norm_eps: float = 1e-5
+    pretrained: str | None = None  # local DINO / timm ViT checkpoint (.pth or .safetensors)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """A BERT-family text tower: loaded from a local directory, or built with random weights from these sizes."""
+
+    pretrained_dir: str | None = None  # local Hugging Face model dir; "builtin:minilm" = the packaged MiniLM-L6
+    tokenizer_dir: str | None = None  # defaults to pretrained_dir, else the packaged BERT uncased vocabulary
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    max_length: int = 77
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256  # joint embedding size
+    proj_hidden_dim: int = 4096
+    proj_num_layers: int = 2
+    decoder_heads: int = 8  # masked-entity-completion decoder
+    decoder_depth: int = 1
+    logit_scale_init: float = 0.07  # temperature; the scale exp(tau) is capped at logit_scale_max
+    logit_scale_max: float = 100.0
+    momentum: float = 0.99  # EMA of the image encoder for cross-image mask consistency (stage 2)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    contrast_weight: float = 1.0
+    entity_weight: float = 1.0
+    mask_weight: float = 0.0  # 0.1 in stage 2
+    mask_threshold: float = 0.6  # binarise sigmoid targets at this fraction of each mask's max
+    group_ratio: float = 0.5  # this fraction of groups (the least entity-relevant) gets no mask gradient
+    mask_size: int = 224  # masks are compared at this resolution
+    seg_weight: float = 1.0  # supervised mask loss on segmentation data (cross-entropy + Dice)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Zero-shot segmentation protocol (GroupViT/OVSegmentor; reference section 7)."""
+
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    short_side: int = 448
+    crop_size: int = 448
+    stride: int = 224
+    bg_thresh: float = 0.95
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "vit-b16-cc4m"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# building from dicts, YAML files and dotted overrides
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated field type, or raise a ValueError naming the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' is a section; expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+        (elem, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(elem, v, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{key}' expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key '{key}' expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key '{key}' expects a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for '{key}'")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (partial) nested dict; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Nested plain dict (tuples as lists) that YAML and JSON can hold."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def merge_dicts(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["model.vision.depths=[2,2]", "seed=3"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override '{item}' is not of the form dotted.key=value")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(name_or_path: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A named config (``tiny``), or a YAML file path, plus dotted overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = _read_yaml(path)
+    else:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(f"unknown config '{name_or_path}'; available: {available_configs()}")
+        data = _read_yaml(path)
+        data.setdefault("name", name_or_path)
+    data = merge_dicts(data, parse_overrides(overrides))
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the full tree as YAML (write then rename), loadable by ``load_config(path)``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """``{"model.vision.depths": "[6, 6]", ...}``: the MLflow params of a run."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, prefix + k + ".")
+            else:
+                out[prefix + k] = v
+
+    walk(to_dict(cfg), "")
+    return out

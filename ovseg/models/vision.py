@@ -1,0 +1,138 @@
+"""GroupViT vision tower (GroupViT, CVPR 2022; OVSegmentor section 3.1).
+
+patch embedding + positional embedding -> stages. A stage runs ViT blocks over [tokens, group tokens]; every
+stage but the last ends in a grouping block that turns its tokens into fewer, grouped tokens. OVSegmentor:
+one grouping stage (196 patches, 64 group tokens -> 8 groups) between two stages of 6 blocks. GroupViT:
+two grouping stages (64 -> 64, then 8 -> 8). The final tokens are layer-normalised; their mean is the image.
+
+The positional embedding is learned for the training grid and bicubically resized for any other input size.
+Block parameter names follow timm/DINO (``patch_embed.proj``, ``blocks.*.attn.qkv``...) so that a DINO
+checkpoint maps onto the stages (see ``pretrained.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..config import VisionConfig
+from .grouping import GroupAttention, GroupingBlock
+
+
+@dataclass
+class VisionOutput:
+    tokens: torch.Tensor  # (B, G, D) final grouped tokens after the final LayerNorm
+    attns: list[GroupAttention]  # one per grouping block, first stage first
+    grid: tuple[int, int]  # patch grid (h, w) of this input
+
+
+class MixerMlp(Mlp):
+    """An MLP over the token axis: (B, S, D) -> (B, S', D)."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class GroupingStage(nn.Module):
+    def __init__(self, cfg: VisionConfig, index: int, drop_path: list[float]):
+        super().__init__()
+        dim, n_tok = cfg.embed_dim, cfg.num_group_tokens[index]
+        norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.num_heads[index], cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dp, norm_layer=norm)
+            for dp in drop_path
+        )
+        self.group_token = nn.Parameter(torch.zeros(1, n_tok, dim)) if n_tok else None
+        # a later stage's group tokens also receive a token-mixed projection of the previous stage's tokens;
+        # those stages start their own tokens at zero (GroupViT zero_init_group_token)
+        prev = cfg.num_group_tokens[index - 1] if index > 0 else 0
+        self.group_projector = None
+        if n_tok and prev:
+            self.group_projector = nn.Sequential(norm(dim), MixerMlp(prev, dim // 2, n_tok))
+        elif n_tok:
+            trunc_normal_(self.group_token, std=0.02)
+        self.downsample = None
+        if index < len(cfg.depths) - 1:
+            self.downsample = GroupingBlock(
+                dim, dim, cfg.num_heads[index], n_tok, cfg.num_output_groups[index], hard=cfg.hard_assignment,
+                gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, norm_eps=cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None):
+        B, N, _ = x.shape
+        group = None
+        if self.group_token is not None:
+            group = self.group_token.expand(B, -1, -1)
+            if self.group_projector is not None:
+                group = group + self.group_projector(prev_group)
+            x = torch.cat([x, group], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x, group = x[:, :N], x[:, N:]
+        attn = None
+        if self.downsample is not None:
+            x, attn = self.downsample(x, group)
+        return x, group, attn
+
+
+class GroupViT(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        n = len(cfg.depths)
+        if not (len(cfg.num_heads) == len(cfg.num_group_tokens) == n and len(cfg.num_output_groups) == n - 1):
+            raise ValueError(
+                f"vision config: depths {cfg.depths}, num_heads {cfg.num_heads} and num_group_tokens "
+                f"{cfg.num_group_tokens} need one entry per stage and num_output_groups {cfg.num_output_groups} "
+                "one per grouping block (stages - 1)")
+        if n < 2 or cfg.num_group_tokens[-1] != 0 or 0 in cfg.num_group_tokens[:-1]:
+            raise ValueError("vision config: every stage but the last needs group tokens; the last has none")
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.embed_dim = cfg.embed_dim
+        self.num_groups = cfg.num_output_groups[-1]
+        self.patch_size = cfg.patch_size
+        self.grid = (cfg.img_size // cfg.patch_size,) * 2
+        self.patch_embed = PatchEmbed(
+            cfg.img_size, cfg.patch_size, 3, cfg.embed_dim, strict_img_size=False,
+            norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps) if cfg.patch_norm else None)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.embed_dim))
+        trunc_normal_(self.pos_embed, std=0.02)
+        total = sum(cfg.depths)
+        dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as in timm
+        starts = [sum(cfg.depths[:i]) for i in range(n)]
+        self.layers = nn.ModuleList(
+            GroupingStage(cfg, i, dpr[starts[i]:starts[i] + cfg.depths[i]]) for i in range(n))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.apply(_init_weights)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == self.grid:
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=0,
+                                      interpolation="bicubic", antialias=False)
+
+    def forward(self, images: torch.Tensor) -> VisionOutput:
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        x = self.patch_embed(images)  # (B, h*w, D)
+        x = x + self.pos_embed_for(grid)
+        group, attns = None, []
+        for layer in self.layers:
+            x, group, attn = layer(x, group)
+            if attn is not None:
+                attns.append(attn)
+        return VisionOutput(tokens=self.norm(x), attns=attns, grid=grid)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

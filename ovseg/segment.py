@@ -1,0 +1,138 @@
+"""Zero-shot semantic segmentation with a trained model (GroupViT / OVSegmentor protocol, reference section 7).
+
+class names -> prompts ("a photo of a {}.") -> text bank (cached). The image is resized to a short side of 448
+and read in 448 x 448 windows with stride 224. In each window: the soft group-to-patch attention is upsampled
+to the window and every pixel takes its argmax group; each group scores the classes as
+``softmax(A restricted to the image's top-5 classes) * softmax(A)`` with ``A = s * group_emb . text_bank``;
+background (when the first class is "background") wins where the best class score is below
+``min(bg_thresh, best group score)``. Window logits are averaged, resized to the input, and arg-maxed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import EvalConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@torch.no_grad()
+def text_bank(model, class_names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """(C, E) normalised class embeddings: the mean of each class's prompt embeddings, cached on the model."""
+    device = model.logit_scale.device
+    key = (tuple(class_names), tuple(templates), str(device))
+    cache = model.text_bank_cache
+    if key not in cache:
+        prompts = [t.format(name) for name in class_names for t in templates]
+        embs = []
+        for i in range(0, len(prompts), 256):
+            ids, mask = model.tokenizer(prompts[i:i + 256], padding="longest")
+            embs.append(model.encode_text(ids.to(device), mask.to(device)))
+        emb = torch.cat(embs).reshape(len(class_names), len(templates), -1).mean(1)
+        cache[key] = F.normalize(emb, dim=-1)
+    return cache[key]
+
+
+def group_class_scores(group_emb: torch.Tensor, image_emb: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor,
+                       top_k: int = 5) -> torch.Tensor:
+    """(B, G, E), (B, E), (C, E) -> (B, G, C): softmax over the image's top-k classes times softmax over all."""
+    logits = scale * group_emb @ bank.t()  # (B, G, C)
+    image_probs = (scale * image_emb @ bank.t()).softmax(-1)  # (B, C)
+    top = image_probs.topk(min(top_k, bank.shape[0]), dim=-1).indices  # (B, k)
+    keep = torch.zeros_like(image_probs, dtype=torch.bool).scatter_(1, top, True)
+    restricted = logits.masked_fill(~keep[:, None, :], float("-inf")).softmax(-1)
+    return restricted * logits.softmax(-1)
+
+
+def window_logits(model, windows: torch.Tensor, bank: torch.Tensor, background: bool, bg_thresh: float,
+                  top_k: int) -> torch.Tensor:
+    """(B, 3, h, w) normalised windows -> (B, C_out, h, w) class scores (background channel first if any)."""
+    image_emb, group_emb, assign = model.encode_image(windows)
+    scores = group_class_scores(group_emb, image_emb, bank, model.scale(), top_k)  # (B, G, C)
+    assign = F.interpolate(assign, size=windows.shape[-2:], mode="bilinear", align_corners=False)
+    onehot = F.one_hot(assign.argmax(1), assign.shape[1]).to(scores.dtype)  # (B, h, w, G)
+    fg = torch.einsum("bhwg,bgc->bchw", onehot, scores)
+    if not background:
+        return fg
+    thr = scores.flatten(1).amax(1).clamp(max=bg_thresh)[:, None, None]  # min(bg_thresh, max S), per window
+    bg = (fg.amax(1) < thr).to(fg.dtype)[:, None]
+    return torch.cat([bg, fg], dim=1)
+
+
+def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """MMSegmentation's sliding-window grid: windows of crop x crop (clipped to the image) every ``stride``."""
+    ch, cw = min(crop, height), min(crop, width)
+    rows = max(height - ch + stride - 1, 0) // stride + 1
+    cols = max(width - cw + stride - 1, 0) // stride + 1
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + ch, height), min(c * stride + cw, width)
+            out.append((y2 - ch, x2 - cw, y2, x2))
+    return out
+
+
+def _to_uint8_rgb(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be a PIL image or an H x W x 3 uint8 array, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image has no pixels: {image.shape}")
+    return image
+
+
+@torch.no_grad()
+def segment(model, image, class_names: list[str], *, templates: tuple[str, ...] | None = None,
+            short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
+            bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None) -> np.ndarray:
+    """Label every pixel of ``image`` with an index into ``class_names``; returns an (H, W) int64 array.
+
+    Protocol defaults come from the model's config (``eval`` section). ``background`` defaults to whether
+    the first class name is "background"; that class gets no prompt and is assigned by threshold.
+    """
+    proto = getattr(getattr(model, "config", None), "eval", None) or EvalConfig()
+    templates = tuple(templates or proto.templates)
+    short_side, crop_size = short_side or proto.short_side, crop_size or proto.crop_size
+    stride, top_k = stride or proto.stride, top_k or proto.top_k
+    bg_thresh = proto.bg_thresh if bg_thresh is None else bg_thresh
+    names = list(class_names)
+    if background is None:
+        background = bool(names) and names[0].strip().lower() == "background"
+    fg_names = names[1:] if background else names
+    if not fg_names:
+        raise ValueError("segment needs at least one class name besides 'background'")
+    rgb = _to_uint8_rgb(image)
+    H, W = rgb.shape[:2]
+    was_training = model.training
+    if was_training:  # switching modes clears the cached text bank: only switch when needed
+        model.eval()
+    try:
+        bank = text_bank(model, fg_names, templates)
+        device = bank.device
+        x = torch.from_numpy(np.ascontiguousarray(rgb).copy()).to(device).permute(2, 0, 1)[None].float() / 255.0
+        ratio = short_side / min(H, W)
+        h, w = max(1, round(H * ratio)), max(1, round(W * ratio))
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+        x = (x - mean) / std
+        boxes = slide_windows(h, w, crop_size, stride)
+        windows = torch.cat([x[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in boxes])
+        scores = window_logits(model, windows, bank, background, bg_thresh, top_k)
+        total = torch.zeros(1, scores.shape[1], h, w, device=device)
+        count = torch.zeros(1, 1, h, w, device=device)
+        for (y1, x1, y2, x2), s in zip(boxes, scores):
+            total[:, :, y1:y2, x1:x2] += s
+            count[:, :, y1:y2, x1:x2] += 1
+        logits = F.interpolate(total / count, size=(H, W), mode="bilinear", align_corners=False)
+        return logits[0].argmax(0).cpu().numpy().astype(np.int64)
+    finally:
+        if was_training:
+            model.train()

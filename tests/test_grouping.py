@@ -1,0 +1,82 @@
+"""The GroupViT grouping block: hard one-hot assignment over groups, straight-through gradients, mean pooling."""
+
+import torch
+
+from ovseg.config import load_config
+from ovseg.models.grouping import AssignAttention, GroupingBlock, flat_assignment, gumbel_softmax
+from ovseg.models.vision import GroupViT
+
+
+def _assign(dim=16, eps=1.0):
+    return AssignAttention(dim, hard=True, gumbel_tau=1.0, assign_eps=eps)
+
+
+def test_training_assignment_is_one_hot_over_groups_and_passes_gradients():
+    m = _assign().train()
+    groups = torch.randn(2, 4, 16, requires_grad=True)
+    tokens = torch.randn(2, 10, 16, requires_grad=True)
+    out, attn = m(groups, tokens)
+    hard = attn.hard.detach()
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard.sum(1), torch.ones(2, 10))  # each token belongs to exactly one group
+    out.square().sum().backward()
+    # q_proj only reaches the output through the assignment: a gradient there is the straight-through path
+    assert m.q_proj.weight.grad.abs().sum() > 0 and m.k_proj.weight.grad.abs().sum() > 0
+    assert groups.grad.abs().sum() > 0 and tokens.grad.abs().sum() > 0
+
+
+def test_eval_assignment_is_noise_free_argmax_of_the_soft_map():
+    m = _assign().eval()
+    groups, tokens = torch.randn(1, 4, 16), torch.randn(1, 10, 16)
+    (o1, a1), (o2, a2) = m(groups, tokens), m(groups, tokens)
+    assert torch.equal(o1, o2)
+    assert torch.equal(a1.hard.argmax(1), a1.soft.argmax(1))
+    assert torch.allclose(a1.soft.sum(1), torch.ones(1, 10))
+
+
+def test_assign_eps_one_is_a_mean_pool_written_by_hand():
+    m = _assign(dim=8).eval()
+    groups, tokens = torch.randn(1, 3, 8), torch.randn(1, 7, 8)
+    out, attn = m(groups, tokens)
+    v = m.v_proj(tokens)[0]
+    owner = attn.hard[0].argmax(0)  # group of each token
+    expected = []
+    for g in range(3):
+        members = [v[t] for t in range(7) if owner[t] == g]
+        pooled = sum(members, torch.zeros(8)) / (len(members) + 1.0)  # eps = 1 in the denominator
+        expected.append(m.proj(pooled))
+    assert torch.allclose(out[0], torch.stack(expected), atol=1e-5)
+
+
+def test_gumbel_hard_samples_follow_the_softmax():
+    # Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(softmax(logits))
+    torch.manual_seed(1)
+    logits = torch.tensor([1.0, 0.0, -1.0]).expand(20000, 3)
+    freq = gumbel_softmax(logits, tau=1.0, hard=True, dim=-1).mean(0)
+    assert torch.allclose(freq, torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0), atol=0.02)
+
+
+def test_grouping_block_reduces_tokens_to_output_groups():
+    blk = GroupingBlock(32, 32, num_heads=4, num_group_tokens=16, num_output_groups=5)
+    x, attn = blk(torch.randn(2, 49, 32), torch.randn(2, 16, 32))
+    assert x.shape == (2, 5, 32) and attn.soft.shape == (2, 5, 49)
+    assert attn.q.shape == (2, 5, 32) and attn.k.shape == (2, 49, 32)
+
+
+def test_vision_tower_any_input_size_at_inference():
+    vt = GroupViT(load_config("tiny").model.vision).eval()
+    out = vt(torch.randn(1, 3, 96, 72))  # training grid is 8x8; this is 12x9
+    assert out.grid == (12, 9) and out.tokens.shape == (1, 8, 128)
+    assert out.attns[0].soft.shape == (1, 8, 108)
+
+
+def test_two_stage_groupvit_composes_assignments():
+    cfg = load_config("groupvit-gcc", ["model.vision.img_size=32", "model.vision.patch_size=8",
+                                       "model.vision.embed_dim=48", "model.vision.num_heads=[2,2,2]",
+                                       "model.vision.depths=[1,1,1]", "model.vision.num_group_tokens=[6,3,0]",
+                                       "model.vision.num_output_groups=[6,3]"])
+    vt = GroupViT(cfg.model.vision).eval()
+    out = vt(torch.randn(2, 3, 32, 32))
+    assert out.tokens.shape == (2, 3, 48)
+    flat = flat_assignment(out.attns, "soft")  # (B, 3, 16): each patch's probability mass over final groups
+    assert flat.shape == (2, 3, 16) and torch.allclose(flat.sum(1), torch.ones(2, 16), atol=1e-5)

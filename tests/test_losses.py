@@ -1,0 +1,133 @@
+"""Losses against plain references written out here: loops, brute force over permutations, hand-worked numbers."""
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.config import LossConfig
+from ovseg.losses import compute_losses, contrastive_loss, dice_loss, mask_consistency_loss, supervised_mask_loss
+
+
+def _one_way(x, y_all, scale, offset):
+    """Mean over local rows i of -log softmax_j(s x_i . y_j) at j = offset + i."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        logits = [scale * float(x[i] @ y_all[j]) for j in range(y_all.shape[0])]
+        m = max(logits)
+        lse = m + math.log(sum(math.exp(v - m) for v in logits))
+        total += lse - logits[offset + i]
+    return total / x.shape[0]
+
+
+def test_infonce_matches_a_plain_loop_single_rank():
+    a, b = F.normalize(torch.randn(5, 8), dim=-1), F.normalize(torch.randn(5, 8), dim=-1)
+    expected = 0.5 * (_one_way(a, b, 10.0, 0) + _one_way(b, a, 10.0, 0))
+    assert abs(contrastive_loss(a, b, torch.tensor(10.0)).item() - expected) < 1e-5
+
+
+def test_infonce_with_injected_gather_uses_global_negatives():
+    a, b = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    a0, b0 = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)  # rank 0's samples
+
+    def gather(t):  # this process is rank 1 of 2
+        return torch.cat([a0 if t is a else b0, t])
+
+    expected = 0.5 * (_one_way(a, torch.cat([b0, b]), 7.0, 4) + _one_way(b, torch.cat([a0, a]), 7.0, 4))
+    got = contrastive_loss(a, b, torch.tensor(7.0), gather=gather, rank=1)
+    assert abs(got.item() - expected) < 1e-5
+
+
+def test_dice_hand_worked():
+    pred = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert abs(dice_loss(pred, target).item() - (1 - 3 / 5)) < 1e-7  # inter 1: 1 - (2 + 1) / (2 + 2 + 1)
+
+
+def _mask_loss_brute_force(pred, target, threshold, eps):
+    """Per image: the permutation with the least total L2 cost between normalised masks, then mean Dice."""
+    B, G = pred.shape[:2]
+    dices = []
+    for b in range(B):
+        P = [pred[b, g].flatten() for g in range(G)]
+        T = [target[b, g].flatten() for g in range(G)]
+        Pn, Tn = [p / p.norm() for p in P], [t / t.norm() for t in T]
+        best = min(itertools.permutations(range(G)),
+                   key=lambda perm: sum(float((Pn[g] - Tn[perm[g]]).norm()) for g in range(G)))
+        for g in range(G):
+            t = torch.sigmoid(T[best[g]])
+            t = (t >= threshold * t.max()).float()
+            p = (P[g] - P[g].min()) / (P[g].max() - P[g].min() + eps)
+            dices.append(1 - (2 * float((p * t).sum()) + 1) / (float(p.sum()) + float(t.sum()) + 1))
+    return sum(dices) / len(dices)
+
+
+def test_mask_consistency_matches_brute_force_matching():
+    torch.manual_seed(3)
+    for _ in range(3):
+        pred, target = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+        # size equal to the input: align_corners bilinear resizing is then the identity
+        got = mask_consistency_loss(pred, target, torch.randn(2, 4), size=3, threshold=0.6, group_ratio=0.5)
+        assert abs(got.item() - _mask_loss_brute_force(pred, target, 0.6, 1e-6)) < 1e-5
+
+
+def test_mask_gradient_flows_only_through_entity_relevant_groups():
+    pred = torch.randn(2, 4, 5, 5, requires_grad=True)
+    relevance = torch.tensor([[0.9, -1.0, 0.5, -2.0], [-3.0, 2.0, 1.0, 0.0]])
+    mask_consistency_loss(pred, torch.randn(2, 4, 5, 5), relevance, size=10, group_ratio=0.5).backward()
+    per_group = pred.grad.abs().flatten(2).sum(-1)
+    assert torch.equal(per_group[0] > 0, torch.tensor([True, False, True, False]))
+    assert torch.equal(per_group[1] > 0, torch.tensor([False, True, True, False]))
+
+
+def test_mask_loss_is_normalised_per_mask_not_per_batch():
+    pred, target, rel = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4), torch.randn(3, 4)
+    one = mask_consistency_loss(pred, target, rel, size=8)
+    twice = mask_consistency_loss(pred.repeat(2, 1, 1, 1), target.repeat(2, 1, 1, 1), rel.repeat(2, 1), size=8)
+    assert abs(one.item() - twice.item()) < 1e-6
+
+
+def test_supervised_mask_loss_matches_a_pixel_loop():
+    torch.manual_seed(5)
+    assign = torch.rand(1, 2, 2, 3).softmax(1)
+    glogits = torch.randn(1, 2, 3) * 3
+    labels = torch.tensor([[[0, 2, 255], [1, 2, 0]]])
+    got = supervised_mask_loss(assign, glogits, labels)  # label size == assign size: no resampling
+    ce, probs, onehot = [], {}, {}
+    for y in range(2):
+        for x in range(3):
+            if labels[0, y, x] == 255:
+                continue
+            logit = [sum(float(assign[0, g, y, x] * glogits[0, g, c]) for g in range(2)) for c in range(3)]
+            m = max(logit)
+            z = sum(math.exp(v - m) for v in logit)
+            p = [math.exp(v - m) / z for v in logit]
+            ce.append(-math.log(p[int(labels[0, y, x])]))
+            for c in range(3):
+                probs.setdefault(c, []).append(p[c])
+                onehot.setdefault(c, []).append(1.0 if labels[0, y, x] == c else 0.0)
+    dice = [1 - (2 * sum(p * t for p, t in zip(probs[c], onehot[c])) + 1) / (sum(probs[c]) + sum(onehot[c]) + 1)
+            for c in range(3) if sum(onehot[c]) > 0]
+    expected = sum(ce) / len(ce) + sum(dice) / len(dice)
+    assert abs(got.item() - expected) < 1e-5
+
+
+def test_supervised_mask_loss_rejects_labels_outside_the_class_list():
+    import pytest
+
+    with pytest.raises(ValueError, match="label values"):
+        supervised_mask_loss(torch.rand(1, 2, 2, 2), torch.randn(1, 2, 3), torch.tensor([[[0, 3], [1, 2]]]))
+
+
+def test_total_is_the_weighted_sum_of_parts():
+    a, b = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    out = {"image_emb": a, "text_emb": b, "logit_scale": torch.tensor(5.0), "entity_emb": b, "answer_emb": a,
+           "mask_pred": torch.randn(4, 4, 3, 3), "mask_target": torch.randn(4, 4, 3, 3),
+           "mask_relevance": torch.randn(4, 4)}
+    cfg = LossConfig(contrast_weight=1.0, entity_weight=0.5, mask_weight=0.1, mask_size=6)
+    total, parts = compute_losses(out, cfg)
+    expected = parts["loss_contrast"] + 0.5 * parts["loss_entity"] + 0.1 * parts["loss_mask"]
+    assert torch.allclose(total, expected)
+    total, parts = compute_losses(out, LossConfig(entity_weight=0.0, mask_weight=0.0))
+    assert set(parts) == {"loss_contrast"}

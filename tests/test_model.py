@@ -1,0 +1,150 @@
+"""The two-tower model: sizes, the encode contract, the entity decoder's padding mask, EMA, pretrained loading."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg import build_model
+from ovseg.config import load_config
+from ovseg.models.text import resolve_dir
+from ovseg.models.vision import GroupViT
+
+
+def test_paper_vision_tower_has_100_05m_parameters():
+    with torch.device("meta"):
+        tower = GroupViT(load_config("vit-b16-cc4m").model.vision)
+    n = sum(p.numel() for p in tower.parameters())
+    assert abs(n - 100.05e6) / 100.05e6 < 0.01, n  # reference section 2.6, computed from the released code
+
+
+def test_encode_contract(tiny_model):
+    m = tiny_model.eval()
+    image_emb, group_emb, assign = m.encode_image(torch.randn(2, 3, 64, 64))
+    assert image_emb.shape == (2, 128) and group_emb.shape == (2, 8, 128) and assign.shape == (2, 8, 8, 8)
+    assert torch.allclose(image_emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(assign.sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    ids, mask = m.tokenizer(["a photo of a cat.", "a dog"])
+    assert ids.shape == (2, 32) and m.encode_text(ids, mask).shape == (2, 128)
+
+
+def _question_batch(tok, pad_fill=None):
+    ids, mask = tok(["a [MASK] sleeps on a [MASK] .", "two [MASK] near the sea"])
+    if pad_fill is not None:
+        ids = torch.where(mask.bool(), ids, pad_fill)
+    a_ids, a_mask = tok(["a photo of a cat and sofa", "a photo of a bird"])
+    return {"question_ids": ids, "question_mask": mask, "answer_ids": a_ids, "answer_mask": a_mask}
+
+
+def test_entity_decoder_ignores_padding_tokens(tiny_model):
+    m, tok = tiny_model.eval(), tiny_model.tokenizer
+    img = torch.randn(2, 3, 64, 64)
+    cap_ids, cap_mask = tok(["a cat on a sofa", "birds"])
+    base = {"image": img, "caption_ids": cap_ids, "caption_mask": cap_mask}
+    with torch.no_grad():
+        ref = m({**base, **_question_batch(tok)})["entity_emb"]
+        noisy_pad = torch.randint(1000, 20000, (2, 32))
+        changed = m({**base, **_question_batch(tok, noisy_pad)})["entity_emb"]
+        assert torch.allclose(ref, changed, atol=1e-5)
+        # control: if the padded positions were attended to, the same change would move the output
+        q = _question_batch(tok, noisy_pad)
+        q["question_mask"] = torch.ones_like(q["question_mask"])
+        assert not torch.allclose(ref, m({**base, **q})["entity_emb"], atol=1e-3)
+
+
+def test_momentum_encoder_is_a_frozen_ema_of_the_online_tower():
+    m = build_model("tiny")
+    m.init_momentum()
+    assert all(not p.requires_grad for p in m.momentum_vision.parameters())
+    before = {k: v.clone() for k, v in m.momentum_vision.state_dict().items()}
+    with torch.no_grad():
+        for p in m.vision.parameters():
+            p.add_(torch.randn_like(p))
+    m.momentum_update()
+    online = m.vision.state_dict()
+    for k, v in m.momentum_vision.state_dict().items():
+        assert torch.allclose(v, 0.99 * before[k] + 0.01 * online[k], atol=1e-6), k
+
+
+def test_cross_image_masks_get_no_gradient_into_the_momentum_encoder():
+    m = build_model("tiny").train()
+    m.init_momentum()
+    tok = m.tokenizer
+    ids, mask = tok(["a cat", "a dog"])
+    e_ids, e_mask = tok(["A photo of cat", "A photo of dog"])
+    out = m({"image": torch.randn(2, 3, 64, 64), "caption_ids": ids, "caption_mask": mask,
+             "cross_image": torch.randn(2, 3, 64, 64), "cross_entity_ids": e_ids, "cross_entity_mask": e_mask})
+    assert out["mask_pred"].shape == out["mask_target"].shape == (2, 8, 8, 8)
+    assert out["mask_relevance"].shape == (2, 8) and not out["mask_target"].requires_grad
+    out["mask_pred"].sum().backward()
+    assert m.vision.layers[0].downsample.assign.q_proj.weight.grad is not None
+
+
+def test_dino_checkpoint_maps_onto_the_stages(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    dino = VisionTransformer(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=0)
+    state = dino.state_dict()
+    torch.save(state, tmp_path / "dino.pth")
+    m = build_model("tiny", [f"model.vision.pretrained={tmp_path / 'dino.pth'}"])
+    vs = m.vision.state_dict()
+    assert torch.equal(vs["layers.0.blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+    assert torch.equal(vs["layers.1.blocks.0.mlp.fc2.weight"], state["blocks.2.mlp.fc2.weight"])
+    assert torch.equal(vs["layers.1.blocks.1.norm1.bias"], state["blocks.3.norm1.bias"])
+    assert torch.equal(vs["patch_embed.proj.weight"], state["patch_embed.proj.weight"])
+    assert torch.equal(vs["pos_embed"], state["pos_embed"][:, 1:])  # the [CLS] slot is dropped
+    assert torch.equal(vs["norm.weight"], state["norm.weight"])
+    report = m.load_reports[-1]
+    assert "cls_token" in report.unused
+    assert any(k.startswith("layers.0.downsample.") for k in report.new) and "layers.0.group_token" in report.new
+    assert set(report.loaded) | set(report.new) == set(vs)  # every key accounted for
+
+
+def test_pretrained_pos_embed_is_resized_and_shapes_checked(tmp_path):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=0)
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    m = build_model("tiny", [f"model.vision.pretrained={tmp_path / 'vit.safetensors'}"])
+    assert m.vision.pos_embed.shape == (1, 64, 128)
+    wide = VisionTransformer(img_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=4, num_classes=0)
+    torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match="shape"):
+        build_model("tiny", [f"model.vision.pretrained={tmp_path / 'wide.pth'}"])
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}, "args": object()}, tmp_path / "full.pth")
+    with pytest.raises(ValueError, match="plain tensors"):
+        build_model("tiny", [f"model.vision.pretrained={tmp_path / 'full.pth'}"])
+
+
+def test_bert_directory_loads_its_weights(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=128))
+    bert.save_pretrained(tmp_path / "bert")
+    vocab_dir = resolve_dir("builtin:minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(vocab_dir / name, tmp_path / "bert" / name)
+    m = build_model("tiny", [f"model.text.pretrained_dir={tmp_path / 'bert'}"])
+    assert m.text.width == 64
+    assert torch.equal(m.text.model.encoder.layer[1].output.dense.weight, bert.encoder.layer[1].output.dense.weight)
+    assert not m.load_reports[0].get("missing_keys")
+
+
+def test_packaged_minilm_is_a_real_pretrained_text_tower():
+    m = build_model("tiny", ["model.text.pretrained_dir=builtin:minilm"]).eval()
+    ids, mask = m.tokenizer(["a photo of a dog", "a picture of a puppy", "a spreadsheet of tax figures"])
+    with torch.no_grad():
+        cls = F.normalize(m.text(ids, mask)[0], dim=-1)
+    assert m.text.width == 384 and m.tokenizer.mask_token == "[MASK]"
+    assert float(cls[0] @ cls[1]) > float(cls[0] @ cls[2])  # pretrained: related captions lie closer
+
+
+def test_missing_text_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_model("tiny", [f"model.text.pretrained_dir={tmp_path / 'nothing'}"])

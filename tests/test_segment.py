@@ -1,0 +1,112 @@
+"""Zero-shot segmentation: output contract, the class-scoring and background rules, the sliding window."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ovseg import segment
+from ovseg.segment import group_class_scores, slide_windows, window_logits
+
+
+@pytest.mark.parametrize("names", [
+    ["background", "cat", "dog"],
+    ["cat"],
+    ["background"] + [f"class {i}" for i in range(25)],
+    [f"thing {i}" for i in range(30)],
+])
+def test_segment_returns_a_full_map_of_the_input_size(tiny_model, names):
+    rgb = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    labels = segment(tiny_model, rgb, names)
+    assert labels.shape == (375, 500) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < len(names)
+
+
+def test_segment_paper_protocol_on_a_pil_image(tiny_model):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8))
+    labels = segment(tiny_model, img, ["background", "cat", "dog"], short_side=448, crop_size=448, stride=224)
+    assert labels.shape == (375, 500)
+
+
+def test_segment_rejects_bad_input(tiny_model):
+    with pytest.raises(ValueError, match="uint8"):
+        segment(tiny_model, np.zeros((10, 10, 3), dtype=np.float32), ["cat"])
+    with pytest.raises(ValueError, match="besides 'background'"):
+        segment(tiny_model, np.zeros((10, 10, 3), dtype=np.uint8), ["background"])
+
+
+def test_text_bank_is_cached_until_the_weights_may_change(tiny_model):
+    m = tiny_model.eval()
+    calls = []
+    original = m.encode_text
+    m.encode_text = lambda *a: calls.append(1) or original(*a)
+    try:
+        rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+        segment(m, rgb, ["background", "bus", "cow"])
+        segment(m, rgb, ["background", "bus", "cow"])
+        assert len(calls) == 1
+        m.train()
+        m.eval()
+        segment(m, rgb, ["background", "bus", "cow"])
+        assert len(calls) == 2
+    finally:
+        del m.encode_text
+
+
+def test_group_class_scores_match_a_hand_loop():
+    torch.manual_seed(2)
+    G, C, E, s, k = 3, 7, 6, 10.0, 5
+    g = F.normalize(torch.randn(1, G, E), dim=-1)
+    e = F.normalize(torch.randn(1, E), dim=-1)
+    bank = F.normalize(torch.randn(C, E), dim=-1)
+    got = group_class_scores(g, e, bank, torch.tensor(s), top_k=k)[0]
+    img = [s * float(e[0] @ bank[c]) for c in range(C)]
+    top = sorted(range(C), key=lambda c: -img[c])[:k]
+    for gi in range(G):
+        a = [s * float(g[0, gi] @ bank[c]) for c in range(C)]
+        z_all = sum(math.exp(v) for v in a)
+        z_top = sum(math.exp(a[c]) for c in top)
+        for c in range(C):
+            restricted = math.exp(a[c]) / z_top if c in top else 0.0
+            assert abs(float(got[gi, c]) - restricted * math.exp(a[c]) / z_all) < 1e-5
+
+
+def test_background_threshold_rule_against_a_pixel_loop():
+    torch.manual_seed(4)
+    G, C, h, w = 4, 3, 6, 5
+    assign = torch.rand(1, G, 3, 3).softmax(1)
+    img_emb, grp_emb = F.normalize(torch.randn(1, 8), dim=-1), F.normalize(torch.randn(1, G, 8), dim=-1)
+    bank = F.normalize(torch.randn(C, 8), dim=-1)
+    fake = SimpleNamespace(encode_image=lambda x: (img_emb, grp_emb, assign), scale=lambda: torch.tensor(20.0))
+    S = group_class_scores(grp_emb, img_emb, bank, torch.tensor(20.0))[0]  # checked by the test above
+    up = F.interpolate(assign, size=(h, w), mode="bilinear", align_corners=False)[0]
+    for bg_thresh in (0.2, 0.95):
+        out = window_logits(fake, torch.zeros(1, 3, h, w), bank, True, bg_thresh, top_k=5)[0]
+        thr = min(bg_thresh, float(S.max()))
+        n_bg = 0
+        for y in range(h):
+            for x in range(w):
+                fg = S[int(up[:, y, x].argmax())]  # each pixel takes its argmax group's class scores
+                assert torch.allclose(out[1:, y, x], fg)
+                is_bg = float(fg.max()) < thr
+                n_bg += is_bg
+                assert float(out[0, y, x]) == (1.0 if is_bg else 0.0)
+        # worked out for this seed: group maxima are 0.30, 0.94, 0.37, 0.89. At 0.2 nothing is background;
+        # at 0.95 the threshold drops to the best score, 0.94, so only group 1's pixels stay foreground
+        assert n_bg == (0 if bg_thresh == 0.2 else int((up.argmax(0) != 1).sum()))
+
+
+def test_slide_windows_follow_the_mmseg_grid():
+    # short side 448, long side 597: 1 row and (597 - 448 + 223) // 224 + 1 = 2 columns, the last flush right
+    assert slide_windows(448, 597, 448, 224) == [(0, 0, 448, 448), (0, 149, 448, 597)]
+    boxes = slide_windows(700, 1000, 448, 224)
+    cover = np.zeros((700, 1000), dtype=int)
+    for y1, x1, y2, x2 in boxes:
+        assert (y2 - y1, x2 - x1) == (448, 448)
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1 and len(boxes) == 3 * 4  # rows (700-448+223)//224+1, cols (1000-448+223)//224+1
+    assert slide_windows(40, 30, 448, 224) == [(0, 0, 40, 30)]
