@@ -31,10 +31,12 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     text_hf_config: dict | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # training state: stage, data position, tracking run id...
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, step: int = 0,
-                    metrics: dict | None = None, extra: dict[str, torch.Tensor] | None = None) -> Path:
+                    metrics: dict | None = None, extra: dict[str, torch.Tensor] | None = None,
+                    state: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage, and a later in-place update must not race the write
@@ -48,6 +50,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, st
         "step": str(int(step)),
         "metrics": json.dumps(metrics or {}),
         "text_hf_config": json.dumps(text.model.config.to_dict()) if text is not None else "null",
+        "state": json.dumps(state or {}),
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -75,11 +78,29 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         text_cfg = json.loads(meta.get("text_hf_config", "null"))
         metrics = json.loads(meta.get("metrics", "{}"))
         step = int(meta["step"])
+        state = json.loads(meta.get("state", "{}"))
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: damaged checkpoint header ({e})") from e
     weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
     extra = {k[len(EXTRA):]: v for k, v in tensors.items() if k.startswith(EXTRA)}
-    return Checkpoint(weights, config, step, metrics, text_cfg, extra)
+    return Checkpoint(weights, config, step, metrics, text_cfg, extra, state)
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat named tensors (for safetensors) plus its JSON-able hyperparameters."""
+    sd = optimizer.state_dict()
+    tensors = {f"optim/{pid}/{name}": torch.as_tensor(value)
+               for pid, st in sd["state"].items() for name, value in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in extra.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):

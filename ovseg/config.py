@@ -74,7 +74,7 @@ class ModelConfig:
 class LossConfig:
     contrast_weight: float = 1.0
     entity_weight: float = 1.0
-    mask_weight: float = 0.0  # 0.1 in stage 2
+    mask_weight: float = 0.1  # applies in stage 2, where batches carry paired images
     mask_threshold: float = 0.6  # binarise sigmoid targets at this fraction of each mask's max
     group_ratio: float = 0.5  # this fraction of groups (the least entity-relevant) gets no mask gradient
     mask_size: int = 224  # masks are compared at this resolution
@@ -89,8 +89,59 @@ class EvalConfig:
     short_side: int = 448
     crop_size: int = 448
     stride: int = 224
-    bg_thresh: float = 0.95
+    bg_thresh: float | None = None  # None: each dataset's protocol value (VOC 0.95, Context 0.35, COCO 0.9)
     top_k: int = 5
+    # evaluation sets: "name=/path" (voc, context60, context59, coco_object, ade20k, synthetic); a bare
+    # "synthetic" is the embedded synthetic world's val split
+    datasets: tuple[str, ...] = ("synthetic",)
+    max_images: int | None = None  # evaluate on the first N images only (None: all)
+    num_overlays: int = 4
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Caption shards (img2dataset webdataset layout); with none given, the generated synthetic world."""
+
+    train: tuple[str, ...] = ()  # shard paths or brace patterns, e.g. /data/cc4m/{00000..01242}.tar
+    synthetic_dir: str | None = None  # default: ~/.cache/ovseg/synthetic/<seed>-<sizes>
+    synthetic_seed: int = 0
+    synthetic_train: int = 20000
+    synthetic_val: int = 500
+    synthetic_seg: int = 2000
+    loader_workers: int = 2  # DataLoader processes per training worker
+    shuffle_buffer: int = 2000
+    augment: str = "paper"  # "paper": stage 1 RandAugment + erasing + crop 0.08-1; "light": crop 0.5-1 + flip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and scale (reference section 6). Learning rates are for a global batch of
+    ``lr_batch`` and scale linearly with the actual global batch, as in the released code."""
+
+    batch_size: int = 256  # per training worker
+    num_workers: int = 8  # Ray Train workers (DDP ranks)
+    use_gpu: bool = True
+    cpus_per_worker: int = 4
+    stage1_steps: int = 58600  # 30 epochs of ~4M captions at a global batch of 2048
+    stage2_steps: int = 39000  # 10 epochs at a global batch of 1024 (stage 2 halves the per-GPU batch)
+    stage2_batch_size: int | None = 128
+    lr: float = 6.4e-4
+    warmup_lr: float = 1.6e-5
+    min_lr: float = 1.6e-4
+    warmup_steps: int = 3900
+    stage2_lr: float = 1e-5
+    stage2_min_lr: float = 1e-6
+    lr_batch: int = 4096
+    weight_decay: float = 0.05
+    clip_grad: float = 5.0
+    bf16: bool = True  # autocast on GPU; CPU runs stay in float32
+    log_every: int = 20
+    eval_every: int = 2000
+    ckpt_every: int = 1000
+    max_failures: int = 2  # Ray restarts of failed workers, from the latest checkpoint
+    output_dir: str = "runs"
+    run_name: str | None = None
+    experiment: str = "ovseg-pretrain"
 
 
 @dataclass(frozen=True)
@@ -99,6 +150,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
 

@@ -43,7 +43,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     device_type = batch["image"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         out = model(batch)
-        total, parts = compute_losses(out, loss_cfg, labels=batch.get("label"), gather=gather, rank=rank)
+        total, parts = compute_losses(out, loss_cfg, batch, gather=gather, rank=rank)
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss {total.item()} ({ {k: v.item() for k, v in parts.items()} })")
     optimizer.zero_grad(set_to_none=True)

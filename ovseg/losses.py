@@ -26,15 +26,23 @@ Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, gather: Gather | None = None,
-                     rank: int = 0) -> torch.Tensor:
+                     rank: int = 0, valid: torch.Tensor | None = None) -> torch.Tensor:
     """0.5 * (CE(s a B^T, i) + CE(s b A^T, i)) with the other ranks' samples as extra negatives.
 
-    a, b: (B, E) L2-normalised; row i of ``a`` matches row i of ``b``.
+    a, b: (B, E) L2-normalised; row i of ``a`` matches row i of ``b``. ``valid`` (B,) bool leaves rows out
+    both as anchors and as negatives (e.g. captions with no entity, whose answer prompts all coincide).
     """
     a_all, b_all = (gather(a), gather(b)) if gather is not None else (a, b)
     labels = torch.arange(a.shape[0], device=a.device) + a.shape[0] * rank
-    loss_ab = F.cross_entropy(logit_scale * a @ b_all.t(), labels)
-    loss_ba = F.cross_entropy(logit_scale * b @ a_all.t(), labels)
+    logits_ab, logits_ba = logit_scale * a @ b_all.t(), logit_scale * b @ a_all.t()
+    if valid is None:
+        return 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits_ba, labels))
+    valid_all = (gather(valid.float()) if gather is not None else valid.float()).bool()
+    if not valid.any():
+        return logits_ab.sum() * 0.0  # no usable row here: no signal, but keep the graph for DDP
+    cols = ~valid_all[None, :]
+    loss_ab = F.cross_entropy(logits_ab.masked_fill(cols, float("-inf"))[valid], labels[valid])
+    loss_ba = F.cross_entropy(logits_ba.masked_fill(cols, float("-inf"))[valid], labels[valid])
     return 0.5 * (loss_ab + loss_ba)
 
 
@@ -108,21 +116,33 @@ def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor,
     return ce + dice_weight * per_mask[present].mean()
 
 
-def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, labels: torch.Tensor | None = None,
+def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[str, torch.Tensor] | None = None,
                    gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted total of whichever losses the model's outputs allow, and each part (unweighted)."""
+    """The weighted total of whichever losses the model's outputs allow, and each part (unweighted).
+
+    From ``batch``: ``has_entity`` (rows that enter entity completion), ``has_pair`` (rows whose paired
+    image shares an entity: the mask loss), ``label`` (segmentation data).
+    """
+    batch = batch or {}
     scale = out["logit_scale"]
     parts = {"loss_contrast": contrastive_loss(out["image_emb"], out["text_emb"], scale, gather, rank)}
     total = cfg.contrast_weight * parts["loss_contrast"]
     if "entity_emb" in out and cfg.entity_weight:
-        parts["loss_entity"] = contrastive_loss(out["entity_emb"], out["answer_emb"], scale, gather, rank)
+        parts["loss_entity"] = contrastive_loss(out["entity_emb"], out["answer_emb"], scale, gather, rank,
+                                                valid=batch.get("has_entity"))
         total = total + cfg.entity_weight * parts["loss_entity"]
     if "mask_pred" in out and cfg.mask_weight:
-        parts["loss_mask"] = mask_consistency_loss(
-            out["mask_pred"], out["mask_target"], out["mask_relevance"], size=cfg.mask_size,
-            threshold=cfg.mask_threshold, group_ratio=cfg.group_ratio)
+        rows = batch.get("has_pair")
+        rows = rows if rows is not None else torch.ones(out["mask_pred"].shape[0], dtype=torch.bool,
+                                                        device=out["mask_pred"].device)
+        if rows.any():
+            parts["loss_mask"] = mask_consistency_loss(
+                out["mask_pred"][rows], out["mask_target"][rows], out["mask_relevance"][rows], size=cfg.mask_size,
+                threshold=cfg.mask_threshold, group_ratio=cfg.group_ratio)
+        else:
+            parts["loss_mask"] = out["mask_pred"].sum() * 0.0
         total = total + cfg.mask_weight * parts["loss_mask"]
-    if "group_class_logits" in out and labels is not None and cfg.seg_weight:
-        parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], labels)
+    if "group_class_logits" in out and batch.get("label") is not None and cfg.seg_weight:
+        parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], batch["label"])
         total = total + cfg.seg_weight * parts["loss_seg"]
     return total, parts

@@ -101,7 +101,8 @@ def segment(model, image, class_names: list[str], *, templates: tuple[str, ...] 
     templates = tuple(templates or proto.templates)
     short_side, crop_size = short_side or proto.short_side, crop_size or proto.crop_size
     stride, top_k = stride or proto.stride, top_k or proto.top_k
-    bg_thresh = proto.bg_thresh if bg_thresh is None else bg_thresh
+    if bg_thresh is None:
+        bg_thresh = proto.bg_thresh if proto.bg_thresh is not None else 0.95  # VOC's value when none is given
     names = list(class_names)
     if background is None:
         background = bool(names) and names[0].strip().lower() == "background"

@@ -131,3 +131,24 @@ def test_total_is_the_weighted_sum_of_parts():
     assert torch.allclose(total, expected)
     total, parts = compute_losses(out, LossConfig(entity_weight=0.0, mask_weight=0.0))
     assert set(parts) == {"loss_contrast"}
+
+
+def test_rows_without_entities_are_neither_anchors_nor_negatives():
+    a, b = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    valid = torch.tensor([True, False, True, True, False, True])
+    keep = valid.nonzero().flatten()
+    got = contrastive_loss(a, b, torch.tensor(9.0), valid=valid)
+    expected = 0.5 * (_one_way(a[keep], b[keep], 9.0, 0) + _one_way(b[keep], a[keep], 9.0, 0))
+    assert abs(got.item() - expected) < 1e-5
+    assert contrastive_loss(a, b, torch.tensor(9.0), valid=torch.zeros(6, dtype=torch.bool)).item() == 0.0
+
+
+def test_mask_loss_uses_only_paired_rows():
+    out = {"image_emb": F.normalize(torch.randn(3, 8), dim=-1), "text_emb": F.normalize(torch.randn(3, 8), dim=-1),
+           "logit_scale": torch.tensor(5.0), "mask_pred": torch.randn(3, 4, 3, 3),
+           "mask_target": torch.randn(3, 4, 3, 3), "mask_relevance": torch.randn(3, 4)}
+    has_pair = torch.tensor([True, False, True])
+    _, parts = compute_losses(out, LossConfig(mask_weight=0.1, mask_size=3), {"has_pair": has_pair})
+    ref = mask_consistency_loss(out["mask_pred"][has_pair], out["mask_target"][has_pair],
+                                out["mask_relevance"][has_pair], size=3)
+    assert torch.allclose(parts["loss_mask"], ref)

@@ -1,0 +1,181 @@
+"""One caption-shard sample -> tensors: image, caption, masked caption, answer prompt, paired image.
+
+The loader (captions.py) streams, shuffles, pairs and batches; this module says what one sample becomes
+and why it may be skipped (paper sections 3.2-3.3; reference sections 3, 4.3, 4.4, 5.5, 5.6):
+- ``image``: decoded and augmented. Stage 1 = timm's DeiT recipe (RandomResizedCrop 0.08-1, RandAugment
+  m9, random erasing 0.25); stage 2 = RandomResizedCrop(0.4-1) + horizontal flip. ImageNet mean/std.
+- ``caption``: BERT WordPiece ids, padded to ``max_length`` (77), with the attention mask.
+- ``question``: the caption with every entity mention replaced by ``tokenizer.mask_token`` in place.
+- ``answer``: a template prefix + the unique canonical entities joined by " and ".
+- with ``pairs``: ``cross_image``, another image sharing an entity (pairing.py, in-stream pool; same
+  transform, independent draw) and ``cross_entity``, "A photo of <shared entity>".
+
+Decisions, each a deviation or a clarification of the released code:
+- Entity spans come from the shard's json (``entity_spans``, written by prepare_captions) so spaCy need
+  not run in workers; without them the matcher runs on the fly. Entities are the unique canonicals of
+  the spans the model can actually read (see long captions).
+- Captions longer than ``max_length`` tokens are KEPT and truncated by the tokenizer as in the paper;
+  entities after the cut are neither masked nor put in the answer (the question could not contain them),
+  and the sample is counted as ``truncated_caption``.
+- Captions naming no entity are KEPT for the contrastive loss, as the reference does, with
+  ``has_entity=False`` so the entity and mask losses can leave them out (counted as ``no_entity``).
+- Bad samples are skipped and counted by reason, never replaced: missing_image, missing_caption,
+  corrupt_image, bad_utf8, empty_caption, bad_json (plus the shard-level reasons of shards.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ovseg.data.entities import EntityMatcher, answer_prompt, mask_spans, unique_entities
+from ovseg.data.shards import SkipSample, image_bytes, read_caption
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROSS_PROMPT = "A photo of {}"
+
+
+def build_image_transform(stage: int, size: int):
+    """The training augmentation of ``stage`` 1 (DeiT / RandAugment) or 2 (crop + flip only)."""
+    if stage == 1:
+        from timm.data import create_transform
+        from timm.data.auto_augment import RandAugment
+
+        transform = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                                     re_mode="pixel", re_count=1, interpolation="bilinear",
+                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        for t in transform.transforms:
+            if isinstance(t, RandAugment):
+                for op in t.ops:
+                    if op.name.startswith("Posterize"):
+                        op.aug_fn = _posterize
+        return transform
+    if stage == 2:
+        from torchvision import transforms as T
+
+        return T.Compose([
+            T.RandomResizedCrop(size, scale=(0.4, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, for any bit count. At magnitude 10 (reachable with mstd0.5) "PosterizeIncreasing"
+    keeps 0 bits: Pillow >= 10 raises on that (a crash in about 1 of 300 samples); the Pillow the paper
+    used returned a black image, which is what this does."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")  # convert() forces a full decode: truncated bytes raise here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exn:
+        raise SkipSample("corrupt_image", str(exn)) from None
+
+
+def read_spans(raw: dict, caption: str) -> list[tuple[int, int, str]] | None:
+    """Entity spans stored by prepare_captions, checked against the caption; None when absent."""
+    if "json" not in raw:
+        return None
+    try:
+        meta = json.loads(raw["json"])
+        spans = meta.get("entity_spans")
+        if spans is None:
+            return None
+        spans = [(int(s), int(e), str(c)) for s, e, c in spans]
+    except (ValueError, TypeError, AttributeError) as exn:
+        raise SkipSample("bad_json", str(exn)) from None
+    if any(not 0 <= s < e <= len(caption) for s, e, _ in spans):
+        raise SkipSample("bad_json", f"entity_spans {spans} do not fit a caption of {len(caption)} characters")
+    return spans
+
+
+class SampleBuilder:
+    """Turns one raw shard sample into tensors (everything but the pairing); runs in loader workers."""
+
+    def __init__(self, tokenizer, *, image_size: int, stage: int, max_length: int = 77,
+                 matcher: EntityMatcher | None = None):
+        if tokenizer.mask_token is None:
+            raise ValueError("the tokenizer has no mask token; entity completion needs one (e.g. BERT's [MASK])")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.transform = build_image_transform(stage, image_size)
+        self.matcher = matcher or EntityMatcher()
+
+    def tokenize(self, text: str, offsets: bool = False) -> dict:
+        return self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_length,
+                              return_offsets_mapping=offsets)
+
+    def __call__(self, raw: dict, rng: random.Random, flags: Counter) -> dict[str, Any]:
+        payload = image_bytes(raw)
+        caption = read_caption(raw)
+        spans = read_spans(raw, caption)
+        image = decode_image(payload)
+        enc = self.tokenize(caption, offsets=True)
+        # The last character the tokenizer kept: text after it never reaches the model.
+        visible = max(end for _, end in enc["offset_mapping"])
+        if visible == 0:
+            raise SkipSample("empty_caption", "no token survives tokenization")
+        if sum(enc["attention_mask"]) == self.max_length and visible < len(caption):
+            flags["truncated_caption"] += 1
+            caption = caption[:visible]
+        if spans is None:
+            spans = self.matcher.match(caption)
+        spans = [s for s in spans if s[1] <= visible]
+        entities = unique_entities(spans)
+        question = self.tokenize(mask_spans(caption, spans, self.tokenizer.mask_token))
+        answer = self.tokenize(answer_prompt(entities, rng))
+        return {
+            "key": raw["__key__"], "entities": entities, "payload": payload,
+            "image": self.transform(image),
+            "caption_ids": enc["input_ids"], "caption_mask": enc["attention_mask"],
+            "question_ids": question["input_ids"], "question_mask": question["attention_mask"],
+            "answer_ids": answer["input_ids"], "answer_mask": answer["attention_mask"],
+            "has_entity": bool(entities),
+        }
+
+    def add_partner(self, sample: dict, partner) -> dict:
+        """Attach the paired image and its "A photo of <entity>" prompt; zeros when unpaired."""
+        if partner is None:
+            sample["cross_image"] = torch.zeros_like(sample["image"])
+            prompt = self.tokenize("")
+        else:
+            _, entity, partner_bytes = partner
+            sample["cross_image"] = self.transform(decode_image(partner_bytes))
+            prompt = self.tokenize(CROSS_PROMPT.format(entity))
+        sample["cross_entity_ids"], sample["cross_entity_mask"] = prompt["input_ids"], prompt["attention_mask"]
+        sample["has_pair"] = partner is not None
+        return sample
+
+
+TENSOR_KEYS = ("image", "caption_ids", "caption_mask", "question_ids", "question_mask", "answer_ids",
+               "answer_mask", "has_entity")
+PAIR_KEYS = ("cross_image", "cross_entity_ids", "cross_entity_mask", "has_pair")
+
+
+def collate(samples: list[dict], pairs: bool) -> dict[str, torch.Tensor]:
+    """Stack samples into the batch dict; ids and masks are int64 (B, L), flags bool (B,)."""
+    out = {}
+    for name in TENSOR_KEYS + (PAIR_KEYS if pairs else ()):
+        values = [s[name] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            out[name] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            out[name] = torch.tensor(values, dtype=torch.bool)
+        else:
+            out[name] = torch.tensor(values, dtype=torch.long)
+    return out

@@ -1,0 +1,220 @@
+"""Streaming caption-shard loader for OVSegmentor pretraining (paper section 4.1; reference 5.4-5.6, 10.7).
+
+``build_caption_loader(urls, tokenizer, ...)`` reads img2dataset webdataset shards (local paths, lists or
+brace patterns), splits the shards by node (rank / world size from ``torch.distributed`` when it is
+initialised) and by DataLoader worker, shuffles samples in a buffer, and yields batches as dicts of tensors
+(keys in caption_sample.py). What it does differently from the released loader:
+
+- Reshuffled every epoch: shard order and sample buffer are seeded by (seed, epoch), the same seed gives
+  the same order; each ``iter(loader)`` moves to the next epoch unless ``set_epoch`` says otherwise (the
+  released code never called ``set_epoch`` and saw one order for all epochs).
+- Bad samples are skipped and counted, never resampled. Each worker sends the counts gathered since its
+  previous batch inside the batch (``"counts"``); the loader pops them into ``loader.counts`` before the
+  batch reaches the training loop, so counts survive worker processes without shared memory.
+- When nothing usable comes out of a whole pass (every sample corrupt), iteration stops with an error
+  that lists the counts; a missing shard is an error before any worker starts.
+- ``epoch_length`` (batches per epoch per rank) makes every rank take the same number of steps, which
+  multi-node training needs (ranks hold different shards); the shards are re-read, reshuffled, as
+  often as needed. Without it an epoch is one pass over this rank's shards.
+- The last incomplete batch of a pass is dropped (equal batch sizes keep the all-gathered contrastive
+  loss well defined) and counted as ``dropped_partial_batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ovseg.data.caption_sample import SampleBuilder, collate
+from ovseg.data.pairing import pair_in_stream, stable_seed
+from ovseg.data.shards import SkipSample, expand_urls, read_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoaderCounts:
+    """Skipped samples by reason, and kept-but-flagged samples (no_entity, unpaired, truncated_caption)."""
+
+    skipped: Counter = field(default_factory=Counter)
+    flagged: Counter = field(default_factory=Counter)
+
+    def add(self, delta: dict) -> None:
+        self.skipped.update(delta.get("skipped", {}))
+        self.flagged.update(delta.get("flagged", {}))
+
+    def as_dict(self) -> dict:
+        return {"skipped": dict(self.skipped), "flagged": dict(self.flagged)}
+
+
+def shuffle_buffer(stream, size: int, rng: random.Random) -> Iterator:
+    """Reservoir-style shuffle holding at most ``size`` items (the webdataset recipe, seeded)."""
+    if size <= 1:
+        yield from stream
+        return
+    buf = []
+    for item in stream:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def node_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class CaptionShardDataset(IterableDataset):
+    """Yields ready batches (dicts of tensors + ``"counts"``); batching happens in the worker."""
+
+    def __init__(self, urls, builder: SampleBuilder, *, batch_size: int, seed: int, shuffle_buffer: int,
+                 pairs: bool, pair_pool: int = 1024, rank: int | None = None, world_size: int | None = None):
+        self.urls = expand_urls(urls)
+        self.builder, self.batch_size, self.seed = builder, batch_size, seed
+        self.shuffle_buffer, self.pairs, self.pair_pool = shuffle_buffer, pairs, pair_pool
+        self.rank, self.world_size = node_info(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if len(self.urls) < self.world_size:
+            raise ValueError(f"{len(self.urls)} caption shards cannot be split over {self.world_size} nodes "
+                             f"(first shard: {self.urls[0]}); write more, smaller shards")
+        self.epoch, self.pass_index = 0, 0
+
+    def set_epoch(self, epoch: int, pass_index: int = 0) -> None:
+        self.epoch, self.pass_index = epoch, pass_index
+
+    def shards_for(self, worker: int, num_workers: int) -> list[str]:
+        """This (rank, worker)'s shards: a seeded shuffle shared by all ranks, then strided slices."""
+        shards = list(self.urls)
+        random.Random(stable_seed(self.seed, "shards", self.epoch, self.pass_index)).shuffle(shards)
+        return shards[self.rank::self.world_size][worker::num_workers]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(stable_seed(self.seed, "samples", self.epoch, self.pass_index, self.rank, worker))
+        skipped, flagged = Counter(), Counter()
+        seen_skips = Counter()  # never cleared: only the first skips of each reason are logged as warnings
+
+        def raw():
+            for url in self.shards_for(worker, num_workers):
+                yield from read_shard(url, skipped)
+
+        def built():
+            for raw_sample in shuffle_buffer(raw(), self.shuffle_buffer, rng):
+                try:
+                    sample = self.builder(raw_sample, rng, flagged)
+                except SkipSample as exn:
+                    skipped[exn.reason] += 1
+                    seen_skips[exn.reason] += 1
+                    # Name the file and the sample; after the first few, keep the log readable.
+                    level = logging.WARNING if seen_skips[exn.reason] <= 10 else logging.DEBUG
+                    log.log(level, "skipped sample %s of %s: %s", raw_sample["__key__"], raw_sample["__url__"], exn)
+                    continue
+                if not sample["has_entity"]:
+                    flagged["no_entity"] += 1
+                yield sample
+
+        def counts():
+            delta = {"skipped": dict(skipped), "flagged": dict(flagged)}
+            skipped.clear()
+            flagged.clear()
+            return delta
+
+        stream = built()
+        if self.pairs:
+            paired = pair_in_stream(stream, rng, flagged, pool_size=self.pair_pool)
+            stream = (self.builder.add_partner(s, p) for s, p in paired)
+        batch = []
+        for sample in stream:
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                out = collate(batch, self.pairs)
+                out["counts"] = counts()
+                yield out
+                batch = []
+        if batch:
+            flagged["dropped_partial_batch"] += len(batch)
+        yield {"counts": counts()}  # the tail's counts travel alone; the loader never yields this
+
+
+class CaptionLoader:
+    """Iterable over batches; ``counts`` accumulates the workers' skip counts; ``set_epoch`` reseeds."""
+
+    def __init__(self, dataset: CaptionShardDataset, *, num_workers: int, epoch_length: int | None = None,
+                 pin_memory: bool = False):
+        self.dataset, self.num_workers, self.epoch_length = dataset, num_workers, epoch_length
+        self.pin_memory = pin_memory
+        self.counts = LoaderCounts()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.epoch_length is None:
+            raise TypeError("the number of batches of a streamed pass is unknown; pass epoch_length")
+        return self.epoch_length
+
+    def _pass(self, epoch: int, pass_index: int):
+        self.dataset.set_epoch(epoch, pass_index)
+        generator = torch.Generator().manual_seed(stable_seed(self.dataset.seed, "aug", epoch, pass_index))
+        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, generator=generator,
+                          pin_memory=self.pin_memory)
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        produced = 0
+        for pass_index in range(1 << 62):
+            got = 0
+            for item in self._pass(epoch, pass_index):
+                self.counts.add(item.pop("counts"))
+                if not item:
+                    continue
+                got += 1
+                produced += 1
+                yield item
+                if self.epoch_length is not None and produced >= self.epoch_length:
+                    return
+            if got == 0:
+                raise RuntimeError(
+                    f"no usable batch of {self.dataset.batch_size} from {len(self.dataset.urls)} caption shards "
+                    f"({self.dataset.urls[0]} ...) on rank {self.dataset.rank}: counts so far "
+                    f"{self.counts.as_dict()}")
+            if self.epoch_length is None:
+                return
+
+
+def build_caption_loader(urls, tokenizer, *, batch_size: int, image_size: int = 224, stage: int = 1,
+                         num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 1000, pairs: bool = False,
+                         epoch_length: int | None = None, max_length: int = 77, pair_pool: int = 1024,
+                         matcher=None, rank: int | None = None, world_size: int | None = None,
+                         pin_memory: bool = False) -> CaptionLoader:
+    """The caption loader. ``pairs`` adds cross images (stage 2); ``matcher`` overrides the vocabulary
+    used when a shard carries no precomputed ``entity_spans``; ``rank``/``world_size`` override
+    ``torch.distributed``. Read skip counts from ``loader.counts`` after (or during) iteration."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers > 0:
+        # Rust tokenizers' own thread pool does not survive fork; workers already run in parallel.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    builder = SampleBuilder(tokenizer, image_size=image_size, stage=stage, max_length=max_length, matcher=matcher)
+    dataset = CaptionShardDataset(urls, builder, batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                                  pairs=pairs, pair_pool=pair_pool, rank=rank, world_size=world_size)
+    return CaptionLoader(dataset, num_workers=num_workers, epoch_length=epoch_length, pin_memory=pin_memory)

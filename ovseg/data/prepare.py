@@ -1,0 +1,257 @@
+"""Filter captions to those naming a vocabulary entity and annotate them (CC12M -> CC4M, reference 5.1).
+
+The released ``data_process_cc12m.py`` kept a caption when a token equalled one of the 100 surface words
+(case-sensitive, no plurals), and the loader later masked with a different, lemmatising matcher. Here the
+one ``EntityMatcher`` decides both, and its result is stored so that training need not run spaCy:
+
+- image shards in, image shards out (img2dataset layout): each kept sample's ``.json`` gains
+  ``entities`` (unique canonicals, first-appearance order), ``entity_spans`` ([start, end, canonical] in
+  characters of the stripped caption), ``pair_keys`` / ``pair_entities`` (up to K other samples sharing a
+  canonical entity, drawn with the seed; never the sample itself);
+- a caption table (.tsv with a header, or .parquet) in, a caption table out with those columns added.
+
+Two passes over image shards: the first matches captions (one process per shard) and returns only keys
+and spans; pairs need the whole index, so they are drawn in between; the second copies kept samples into
+the output shards. Dropped samples are counted by reason: missing_image, missing_caption, bad_utf8,
+empty_caption, bad_json, no_entity, duplicate_key (a key seen in an earlier shard), and the shard reasons
+of shards.py. Images are not decoded here (a corrupt image is caught, and counted, by the loader).
+Every file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ovseg.data.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
+from ovseg.data.pairing import pair_candidates
+from ovseg.data.shards import SkipSample, expand_urls, image_bytes, read_caption, read_shard, write_tar_atomic
+from ovseg.data.shardio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+TABLE_SUFFIXES = (".tsv", ".parquet")
+KEY_COLUMNS = ("key", "image_id", "url")
+_matcher: EntityMatcher | None = None  # one per worker process, built by _init_worker
+
+
+def _init_worker(vocab: EntityVocab) -> None:
+    global _matcher
+    _matcher = EntityMatcher(vocab)
+
+
+def _scan_shard(url: str) -> tuple[list, Counter, int]:
+    """Pass 1 on one shard: ``[(key, spans, position in shard)]`` of kept samples, drop counts, samples read."""
+    counts: Counter = Counter()
+    kept, read = [], 0
+    for raw in read_shard(url, counts):
+        read += 1
+        try:
+            image_bytes(raw)
+            caption = read_caption(raw)
+            if "json" in raw:
+                try:
+                    if not isinstance(json.loads(raw["json"]), dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exn:
+                    raise SkipSample("bad_json", str(exn)) from None
+        except SkipSample as exn:
+            counts[exn.reason] += 1
+            log.warning("dropped sample %s of %s: %s", raw["__key__"], url, exn)
+            continue
+        spans = _matcher.match(caption)
+        if not spans:
+            counts["no_entity"] += 1
+            continue
+        kept.append((raw["__key__"], spans, read - 1))
+    return kept, counts, read
+
+
+def _annotated_json(raw: dict, spans: list, pairs: list) -> bytes:
+    meta = json.loads(raw["json"]) if "json" in raw else {"key": raw["__key__"]}
+    meta.update(entities=unique_entities(spans), entity_spans=[list(s) for s in spans],
+                pair_keys=[k for k, _ in pairs], pair_entities=[e for _, e in pairs])
+    return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+
+
+def _write_shard(task: tuple) -> list[str]:
+    """Pass 2 on one shard: stream kept samples, with annotated json, into one or more output shards."""
+    url, out_dir, annotations, shard_size = task
+
+    def kept():
+        # Same bytes as pass 1, so the same samples in the same order (counted there). The position
+        # tells a kept sample from a dropped one with the same key.
+        for position, raw in enumerate(read_shard(url, Counter())):
+            ann = annotations.get(raw["__key__"])
+            if ann is None or ann[0] != position:
+                continue
+            out = {k: v for k, v in raw.items() if k != "json" and k != "__url__"}
+            out["json"] = _annotated_json(raw, ann[1], ann[2])
+            yield out
+
+    stream, outputs = kept(), []
+    for first in stream:  # one output shard per turn; nothing is written for a shard that keeps nothing
+        chunk = itertools.chain([first], itertools.islice(stream, shard_size - 1) if shard_size else stream)
+        name = f"{output_stem(url)}-{len(outputs):04d}.tar" if shard_size else f"{output_stem(url)}.tar"
+        outputs.append(str(write_tar_atomic(Path(out_dir) / name, chunk)))
+    return outputs
+
+
+def output_stem(url: str) -> str:
+    return Path(url).name.split(".")[0]
+
+
+def _check_outputs(urls: list[str], out_dir: Path) -> None:
+    """Two inputs with one name would overwrite each other's output; an output must not replace an input."""
+    stems: dict[str, str] = {}
+    inputs = {os.path.realpath(u) for u in urls}
+    for url in urls:
+        stem = output_stem(url)
+        if stem in stems:
+            raise ValueError(f"input shards {stems[stem]} and {url} would both write {out_dir}/{stem}*.tar; "
+                             "rename one or prepare them separately")
+        stems[stem] = url
+        if os.path.realpath(out_dir / f"{stem}.tar") in inputs or os.path.realpath(out_dir) == \
+                os.path.realpath(os.path.dirname(url)):
+            raise ValueError(f"output folder {out_dir} holds the input shard {url}: choose another output folder")
+
+
+def _map(fn, items, workers: int, vocab: EntityVocab, desc: str, progress: bool):
+    """``fn`` over ``items`` in order, in ``workers`` processes (in-process when 1), with a progress bar."""
+    bar = dict(total=len(items), desc=desc, unit="shard", disable=not progress)
+    if workers <= 1:
+        _init_worker(vocab)
+        return [fn(x) for x in tqdm(items, **bar)]
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(vocab,)) as pool:
+        return list(tqdm(pool.imap(fn, items), **bar))
+
+
+def _summary(read: int, kept: dict, dropped: Counter, pairs: dict, k: int, seed: int, outputs: list) -> dict:
+    per_entity = Counter(e for spans in kept.values() for e in unique_entities(spans))
+    return {"samples_read": read, "kept": len(kept), "dropped": dict(sorted(dropped.items())),
+            "entities": dict(per_entity.most_common()), "pairs_per_sample": k, "seed": seed,
+            "without_pair": sum(1 for v in pairs.values() if not v), "outputs": outputs}
+
+
+def prepare_shards(urls: list[str], out_dir: Path, vocab: EntityVocab, *, workers: int, shard_size: int | None,
+                   pairs: int, seed: int, progress: bool) -> dict:
+    _check_outputs(urls, out_dir)
+    scans = _map(_scan_shard, urls, workers, vocab, "match", progress)
+    dropped: Counter = Counter()
+    spans_by_key, shard_of, read = {}, {}, 0
+    for url, (kept, counts, n) in zip(urls, scans):
+        dropped.update(counts)
+        read += n
+        for key, spans, position in kept:
+            if key in spans_by_key:
+                dropped["duplicate_key"] += 1  # the first kept one (in the given shard order) stays
+                continue
+            spans_by_key[key], shard_of[key] = spans, (url, position)
+    partners = pair_candidates({k: unique_entities(s) for k, s in spans_by_key.items()}, pairs, seed)
+    by_shard: dict[str, dict] = {url: {} for url in urls}
+    for key, spans in spans_by_key.items():
+        url, position = shard_of[key]
+        by_shard[url][key] = (position, spans, partners[key])
+    tasks = [(url, str(out_dir), by_shard[url], shard_size) for url in urls]
+    outputs = [p for paths in _map(_write_shard, tasks, workers, vocab, "write", progress) for p in paths]
+    return _summary(read, spans_by_key, dropped, partners, pairs, seed, outputs)
+
+
+def _read_table(path: Path) -> tuple[list[dict], list[str]]:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+        table = pq.read_table(path)
+        return table.to_pylist(), table.column_names
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return list(reader), list(reader.fieldnames or [])
+
+
+def _match_chunk(captions: list[str]) -> list[list]:
+    return _matcher.pipe(captions)
+
+
+def prepare_table(path: Path, out_dir: Path, vocab: EntityVocab, *, workers: int, pairs: int, seed: int,
+                  progress: bool) -> dict:
+    rows, columns = _read_table(path)
+    if "caption" not in columns:
+        raise ValueError(f"{path}: no 'caption' column (columns: {columns})")
+    key_col = next((c for c in KEY_COLUMNS if c in columns), None)
+    if key_col is None:
+        raise ValueError(f"{path}: needs a key column, one of {KEY_COLUMNS} (columns: {columns})")
+    captions = [(r["caption"] or "").strip() if isinstance(r["caption"], (str, type(None))) else "" for r in rows]
+    chunks = [captions[i:i + 2000] for i in range(0, len(captions), 2000)]
+    spans = [s for chunk in _map(_match_chunk, chunks, workers, vocab, "match", progress) for s in chunk]
+    dropped: Counter = Counter()
+    kept: dict[str, list] = {}
+    kept_rows = []
+    for lineno, (row, caption, sp) in enumerate(zip(rows, captions, spans), 2):
+        key = str(row[key_col])
+        reason = "empty_caption" if not caption else "no_entity" if not sp else \
+            "duplicate_key" if key in kept else None
+        if reason:
+            dropped[reason] += 1
+            continue
+        kept[key] = sp
+        kept_rows.append((key, row))
+    partners = pair_candidates({k: unique_entities(s) for k, s in kept.items()}, pairs, seed)
+    out_rows = [dict(row, entities=unique_entities(kept[key]), entity_spans=json.dumps(kept[key]),
+                     pair_keys=[k for k, _ in partners[key]], pair_entities=[e for _, e in partners[key]])
+                for key, row in kept_rows]
+    target = out_dir / path.name
+    _write_table(target, out_rows, columns + ["entities", "entity_spans", "pair_keys", "pair_entities"])
+    return _summary(len(rows), kept, dropped, partners, pairs, seed, [str(target)])
+
+
+def _write_table(target: Path, rows: list[dict], columns: list[str]) -> None:
+    if target.suffix == ".parquet":
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in columns}), buf)
+        atomic_write_bytes(target, buf.getvalue())
+        return
+    lines = ["\t".join(columns)]
+    for row in rows:
+        cells = [json.dumps(row[c]) if isinstance(row[c], list) else str(row[c]) for c in columns]
+        lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
+    atomic_write_bytes(target, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def prepare_captions(source: str, output: str | os.PathLike, *, vocab_path: str | None = None,
+                     workers: int | None = None, shard_size: int | None = None, pairs: int = 10, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Filter and annotate ``source`` (shard folder / brace pattern / list, or a .tsv/.parquet caption
+    table) into the folder ``output``; write and return the summary (also ``output/summary.json``)."""
+    vocab = load_vocab(vocab_path) if vocab_path else EntityVocab.default()
+    workers = workers or os.cpu_count() or 1
+    if shard_size is not None and shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix in TABLE_SUFFIXES:
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"caption table not found: {source}")
+        summary = prepare_table(Path(source), out_dir, vocab, workers=workers, pairs=pairs, seed=seed,
+                                progress=progress)
+    else:
+        summary = prepare_shards(expand_urls(source), out_dir, vocab, workers=workers, shard_size=shard_size,
+                                 pairs=pairs, seed=seed, progress=progress)
+    if summary["kept"] == 0:
+        raise ValueError(f"no caption in {source} names an entity of the vocabulary; dropped: {summary['dropped']}")
+    atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode("utf-8"))
+    return summary

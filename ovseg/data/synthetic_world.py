@@ -1,0 +1,157 @@
+"""Write a synthetic world to disk: caption shards, segmentation shards, a VOC-layout val split, a manifest.
+
+Layout (``out_dir``)::
+
+    train/shard-000000.tar ...   img2dataset layout: {key}.jpg, {key}.txt (caption),
+                                 {key}.json {"key", "caption", "status": "success", "width", "height"}
+                                 -- never a mask or any object information: masks must not reach the
+                                 caption-training path
+    seg/shard-000000.tar ...     segmentation shards (``segshards.py`` format), a separate draw
+    val/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/val.txt}
+    val/class_names.txt          background first; read by ``build_benchmark("synthetic", out_dir/"val")``
+    manifest.json                seed, parameters, class list and styles, per-split counts, per-class pixel
+                                 frequencies, foreground fraction, a few example captions
+
+Val labels are VOC palette PNGs with 0 = background and i = class i. Unlike VOC there is no 255 band at
+object boundaries: the masks are exact, so no pixel needs to be excused.
+
+The whole world is built in a temporary sibling folder and renamed into place at the end, so a
+half-written world never appears under ``out_dir``. The bytes depend only on the seed and the
+parameters (tar headers fixed, images drawn per index), not on ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ovseg.data.segshards import SegSample, write_seg_shards
+from ovseg.data.shardio import atomic_write_bytes, encode_jpeg, encode_label_png, write_tar
+from ovseg.data.synthetic import Scene, SyntheticConfig, render_scene
+from ovseg.data.synthetic_shapes import CLASS_STYLES
+
+FORMAT = "ovseg-synthetic-world/1"
+
+
+def _render(job: tuple[SyntheticConfig, int, str, int]) -> tuple[Scene, bytes]:
+    cfg, seed, split, index = job
+    scene = render_scene(cfg, seed, split, index)
+    return scene, encode_jpeg(scene.image, cfg.jpeg_quality)
+
+
+def _scenes(cfg: SyntheticConfig, seed: int, split: str, count: int, pool) -> Iterator[tuple[Scene, bytes]]:
+    jobs = ((cfg, seed, split, i) for i in range(count))
+    # imap keeps index order, so the output does not depend on the number of workers.
+    return pool.imap(_render, jobs, chunksize=64) if pool is not None else map(_render, jobs)
+
+
+class _Stats:
+    """Per-split pixel and object counts for the manifest."""
+
+    def __init__(self, num_classes: int):
+        self.pixels = np.zeros(num_classes + 1, dtype=np.int64)
+        self.objects = np.zeros(num_classes, dtype=np.int64)
+        self.images = self.unmentioned = 0
+
+    def add(self, scene: Scene) -> None:
+        self.pixels += np.bincount(scene.label.ravel(), minlength=len(self.pixels))
+        self.objects += np.bincount(scene.object_classes, minlength=len(self.objects)).astype(np.int64)
+        self.images += 1
+        self.unmentioned += int(scene.unmentioned)
+
+    def summary(self, names: list[str], shards: int) -> dict:
+        total = max(int(self.pixels.sum()), 1)
+        return {"images": self.images, "shards": shards,
+                "objects_per_class": dict(zip(names[1:], self.objects.tolist())),
+                "pixel_frequency": {n: round(float(p) / total, 6) for n, p in zip(names, self.pixels)},
+                "foreground_fraction": round(1 - float(self.pixels[0]) / total, 6),
+                "captions_with_unmentioned_object": self.unmentioned}
+
+
+def _write_train(out: Path, cfg, seed, count, shard_size, pool, stats: _Stats, examples: list[str]) -> int:
+    members, shards = [], 0
+    for index, (scene, jpeg) in enumerate(_scenes(cfg, seed, "train", count, pool)):
+        key = f"{index:09d}"
+        meta = {"key": key, "caption": scene.caption, "status": "success",
+                "width": cfg.image_size, "height": cfg.image_size}
+        members += [(f"{key}.jpg", jpeg), (f"{key}.txt", scene.caption.encode()),
+                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+        stats.add(scene)
+        if len(examples) < 8:
+            examples.append(scene.caption)
+        if (index + 1) % shard_size == 0 or index + 1 == count:
+            write_tar(out / "train" / f"shard-{shards:06d}.tar", members)
+            members, shards = [], shards + 1
+    return shards
+
+
+def _write_val(out: Path, cfg, seed, count, pool, stats: _Stats, names: list[str]) -> None:
+    base = out / "val" / "VOCdevkit" / "VOC2012"
+    ids = []
+    for index, (scene, jpeg) in enumerate(_scenes(cfg, seed, "val", count, pool)):
+        sample_id = f"{index:06d}"
+        atomic_write_bytes(base / "JPEGImages" / f"{sample_id}.jpg", jpeg)
+        atomic_write_bytes(base / "SegmentationClass" / f"{sample_id}.png", encode_label_png(scene.label, palette=True))
+        stats.add(scene)
+        ids.append(sample_id)
+    atomic_write_bytes(base / "ImageSets" / "Segmentation" / "val.txt", ("\n".join(ids) + "\n").encode())
+    atomic_write_bytes(out / "val" / "class_names.txt", ("\n".join(names) + "\n").encode())
+
+
+def generate_world(out_dir: str | Path, seed: int = 0, num_train: int = 10000, num_val: int = 500,
+                   num_seg: int = 0, config: SyntheticConfig | None = None, shard_size: int = 1000,
+                   num_workers: int = 1, overwrite: bool = False) -> dict:
+    """Generate a world into ``out_dir``; return its manifest. See the module docstring for the layout."""
+    cfg = config or SyntheticConfig()
+    if min(num_train, num_val, num_seg) < 0 or num_train + num_val + num_seg == 0:
+        raise ValueError(f"image counts must be >= 0 and not all 0, got {num_train}, {num_val}, {num_seg}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = ["background", *cfg.classes]
+    splits, examples = {}, []
+    pool = multiprocessing.get_context("fork").Pool(num_workers) if num_workers > 1 else None
+    try:
+        if num_train:
+            stats = _Stats(len(cfg.classes))
+            shards = _write_train(tmp, cfg, seed, num_train, shard_size, pool, stats, examples)
+            splits["train"] = stats.summary(names, shards)
+        if num_seg:
+            stats = _Stats(len(cfg.classes))
+
+            def seg_samples():
+                for index, (scene, jpeg) in enumerate(_scenes(cfg, seed, "seg", num_seg, pool)):
+                    stats.add(scene)
+                    yield SegSample(key=f"{index:09d}", label=scene.label, class_names=names, image_bytes=jpeg)
+            shards = len(write_seg_shards(seg_samples(), tmp / "seg", shard_size))
+            splits["seg"] = stats.summary(names, shards)
+        if num_val:
+            stats = _Stats(len(cfg.classes))
+            _write_val(tmp, cfg, seed, num_val, pool, stats, names)
+            splits["val"] = stats.summary(names, 0)
+        manifest = {"format": FORMAT, "seed": seed,
+                    "config": {**dataclasses.asdict(cfg), "classes": list(cfg.classes)}, "classes": names,
+                    "class_styles": {c: list(CLASS_STYLES[c]) for c in cfg.classes}, "splits": splits,
+                    "example_captions": examples}
+        atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

@@ -1,0 +1,186 @@
+"""The synthetic world: reproducible bytes, a VOC-readable val split, mask-free caption shards, honest captions."""
+
+import importlib.util
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from ovseg.data.benchmarks import build_benchmark
+from ovseg.data.segshards import SkipCounter, iter_seg_shards
+from ovseg.data.synthetic import DEFAULT_CLASSES, SyntheticConfig, render_scene
+from ovseg.data.synthetic_shapes import CLASS_STYLES
+from ovseg.data.synthetic_world import generate_world
+
+# Reference lists written out from reference/ovsegmentor.md §5.1 (not imported from the code under test).
+CANONICAL_73 = set("""people car bus truck motorcycle train bicycle boat aeroplane cup bottle bowl knife spoon glass fork
+chair table bench clock laptop light vase plant remote microwave toaster oven mouse keyboard sofa monitor tv flower
+refrigerator house bag umbrella book backpack phone shirt tie suitcase box sink bed toilet cat dog horse bird cow sheep
+elephant bear zebra giraffe ball racket skateboard skis snowboard surfboard kite pizza cake apple banana sandwich orange
+carrot donut""".split())
+SURFACE_100 = set("""people man men woman women girl boy lady kid child children baby student bride groom couple prince
+princess car bus truck motorcycle train bicycle boat aeroplane airplane motorbike bike cup bottle bowl knife spoon glass
+fork chair table bench clock laptop light vase plant remote microwave toaster oven mouse keyboard sofa monitor desk tv TV
+couch flower refrigerator house building hotel handbag umbrella book backpack phone shirt tie suitcase T-shirt bag box
+sink bed toilet cat dog horse bird cow sheep elephant bear zebra giraffe ball racket skateboard skis snowboard surfboard
+kite pizza cake apple banana sandwich orange carrot donut""".split())
+SYNONYM_OF = {"bike": "bicycle", "couch": "sofa", "building": "house", "hotel": "house", "tv": "tv",
+              "handbag": "bag", "airplane": "aeroplane"}
+PLURALS = {"buses": "bus", "couches": "couch"}
+
+CFG = SyntheticConfig()
+
+
+def _word_class(token: str):
+    """Canonical class a caption token names (singular or plural), or None."""
+    word = PLURALS.get(token, token[:-1] if token.endswith("s") and token[:-1] in SURFACE_100 | {"tv"} else token)
+    if word not in {w.lower() for w in SURFACE_100}:
+        return None
+    return SYNONYM_OF.get(word, word)
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w") / "world"
+    manifest = generate_world(root, seed=7, num_train=30, num_val=12, num_seg=6, shard_size=8)
+    return root, manifest
+
+
+def test_styles_are_distinct_and_classes_canonical():
+    assert set(CLASS_STYLES) <= CANONICAL_73 and len(DEFAULT_CLASSES) >= 10
+    shapes = [s for s, _ in CLASS_STYLES.values()]
+    assert len(set(shapes)) == len(shapes)
+    assert len({CLASS_STYLES[c][1] for c in DEFAULT_CLASSES}) == len(DEFAULT_CLASSES)
+    with pytest.raises(ValueError, match="no drawing style"):
+        SyntheticConfig(classes=("cat", "giraffe"))
+    with pytest.raises(ValueError, match="min_objects"):
+        SyntheticConfig(min_objects=3, max_objects=2)
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    root, _ = world
+    again = tmp_path / "again"
+    generate_world(again, seed=7, num_train=30, num_val=12, num_seg=6, shard_size=8, num_workers=2)
+    first, second = _files(root), _files(again)
+    assert first.keys() == second.keys() and first == second  # and independent of the worker count
+    other = tmp_path / "other"
+    generate_world(other, seed=8, num_train=30, num_val=12, num_seg=6, shard_size=8)
+    assert _files(other)["train/shard-000000.tar"] != first["train/shard-000000.tar"]
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_layout_and_manifest(world):
+    root, manifest = world
+    assert sorted(p.name for p in (root / "train").iterdir()) == [f"shard-00000{i}.tar" for i in range(4)]
+    assert json.loads((root / "manifest.json").read_text()) == manifest
+    assert manifest["seed"] == 7 and manifest["classes"] == ["background", *DEFAULT_CLASSES]
+    assert (root / "val" / "class_names.txt").read_text().split("\n")[:2] == ["background", "cat"]
+    for split, n in (("train", 30), ("val", 12), ("seg", 6)):
+        stats = manifest["splits"][split]
+        assert stats["images"] == n
+        assert abs(sum(stats["pixel_frequency"].values()) - 1) < 1e-4
+        assert 0.08 < stats["foreground_fraction"] < 0.4
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_world(root, seed=1, num_train=1, num_val=0)
+
+
+def test_caption_shards_hold_no_mask_or_object_info(world):
+    root, _ = world
+    for shard in (root / "train").iterdir():
+        with tarfile.open(shard) as tar:
+            exts = {m.name.split(".", 1)[1] for m in tar.getmembers()}
+        assert exts == {"jpg", "txt", "json"}
+    samples = list(wds.WebDataset(str(root / "train" / "shard-{000000..000003}.tar"), shardshuffle=False))
+    assert len(samples) == 30
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert set(meta) == {"key", "caption", "status", "width", "height"}
+        assert meta["key"] == s["__key__"] and meta["caption"] == s["txt"].decode() and meta["status"] == "success"
+
+
+def test_val_split_loads_through_the_voc_reader(world):
+    root, _ = world
+    bench = build_benchmark("synthetic", root / "val")
+    assert build_benchmark("synthetic", root).class_names == bench.class_names
+    voc = build_benchmark("voc", root / "val")  # the very same files through the VOC reader
+    assert len(bench) == len(voc) == 12 and bench.has_background and bench.bg_thresh == 0.95
+    for i in range(len(bench)):
+        image, label, sid = bench[i]
+        scene = render_scene(CFG, 7, "val", i)
+        np.testing.assert_array_equal(label, scene.label)  # masks are stored exactly
+        np.testing.assert_array_equal(label, voc[i][1])
+        assert np.abs(image.astype(int) - scene.image).mean() < 8  # only JPEG loss
+        present = {int(v) for v in np.unique(label)} - {0}
+        assert present == {c + 1 for c in scene.object_classes}
+
+
+def test_seg_shards_are_valid(world):
+    root, _ = world
+    counter = SkipCounter()
+    out = list(iter_seg_shards(str(root / "seg" / "shard-000000.tar"), counter))
+    assert counter.total == 0 and len(out) == 6
+    for i, (_, label, classes, _) in enumerate(out):
+        assert classes == ["background", *DEFAULT_CLASSES]
+        np.testing.assert_array_equal(label, render_scene(CFG, 7, "seg", i).label)
+
+
+def test_scenes_every_class_visible_objects_not_tiny_colour_uninformative():
+    seen, areas, colours = set(), [], {c: [] for c in range(len(DEFAULT_CLASSES))}
+    for i in range(150):
+        scene = render_scene(CFG, 3, "train", i)
+        assert 1 <= len(scene.object_classes) <= 4
+        for c in set(scene.object_classes):
+            pix = scene.label == c + 1
+            assert pix.any()  # every placed object keeps visible pixels
+            areas.append(pix.sum() / scene.object_classes.count(c))
+            colours[c].append(scene.image[pix].mean(0))
+        seen |= set(scene.object_classes)
+    assert seen == set(range(len(DEFAULT_CLASSES)))
+    assert np.median(areas) >= 2 * 64  # usually at least two 8x8 patches
+    means = np.array([np.mean(v, 0) for v in colours.values()])
+    assert np.abs(means - means.mean(0)).max() < 40  # no class has its own colour
+
+
+def test_captions_name_only_visible_classes():
+    unmentioned = multi = synonyms = 0
+    for i in range(300):
+        scene = render_scene(CFG, 5, "train", i)
+        tokens = re.findall(r"[a-z]+", scene.caption.lower())
+        named = {_word_class(t) for t in tokens} - {None}
+        present = {DEFAULT_CLASSES[c] for c in scene.object_classes}
+        assert named == {DEFAULT_CLASSES[c] for c in scene.mentioned}, scene.caption
+        assert named <= present, scene.caption
+        if not scene.unmentioned:
+            assert named == present, scene.caption
+        multi += len(scene.object_classes) >= 2
+        unmentioned += scene.unmentioned
+        synonyms += any(t in {"bike", "bikes", "couch", "couches", "building", "buildings", "hotel", "hotels"}
+                        for t in tokens)
+    assert 0.05 < unmentioned / multi < 0.3 and synonyms > 10
+
+
+def test_script_runs_and_reports_errors(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parents[1] / "platform" / "make_synthetic.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path / "w"), "--num-train", "3", "--num-val", "2", "--classes", "cat,dog,bus"]) == 0
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["classes"] == ["background", "cat", "dog", "bus"]
+    assert script.main(["--out", str(tmp_path / "x"), "--classes", "cat,giraffe"]) == 2
+    assert "giraffe" in capsys.readouterr().err
+
+
+def test_project_entity_matcher_reads_the_mentioned_classes():
+    entities = pytest.importorskip("ovseg.data.entities")
+    cfg = SyntheticConfig(classes=tuple(CLASS_STYLES))  # every drawable class, synonyms and plurals included
+    matcher = entities.EntityMatcher()
+    for i in range(200):
+        scene = render_scene(cfg, 9, "train", i)
+        assert set(matcher.entities(scene.caption)) == {cfg.classes[c] for c in scene.mentioned}, scene.caption
