@@ -110,6 +110,7 @@ class DataConfig:
     synthetic_seg: int = 2000
     loader_workers: int = 2  # DataLoader processes per training worker
     shuffle_buffer: int = 2000
+    epoch_length: int | None = None  # batches per epoch per rank; default: synthetic_train / global batch
     augment: str = "paper"  # "paper": stage 1 RandAugment + erasing + crop 0.08-1; "light": crop 0.5-1 + flip
 
 
@@ -139,6 +140,7 @@ class TrainConfig:
     eval_every: int = 2000
     ckpt_every: int = 1000
     max_failures: int = 2  # Ray restarts of failed workers, from the latest checkpoint
+    stop_after: int | None = None  # end this invocation at this global step (checkpointed); --resume goes on
     output_dir: str = "runs"
     run_name: str | None = None
     experiment: str = "ovseg-pretrain"

@@ -1,0 +1,111 @@
+"""Zero-shot evaluation over a benchmark: ``ovseg.segment`` on every image, ``ovseg.metrics`` for mIoU.
+
+Used by pretraining (every N steps), the Flower server (every round) and Tune trials (every report).
+Returns the confusion matrix (mergeable), the per-class table and a few overlay images
+(image | ground truth | prediction) for the tracker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .metrics import ConfusionMatrix
+from .segment import segment
+
+IGNORE = 255
+
+
+@dataclass
+class EvalResult:
+    name: str
+    class_names: list[str]
+    confusion: ConfusionMatrix
+    num_images: int
+    overlays: list[Image.Image] = field(default_factory=list)
+
+    @property
+    def miou(self) -> float:
+        return self.confusion.miou()
+
+    def metrics(self, prefix: str = "zeroshot") -> dict[str, float]:
+        """``zeroshot/<dataset>/miou`` and ``zeroshot/<dataset>/iou/<class>`` (classes with an IoU)."""
+        out = {f"{prefix}/{self.name}/miou": self.miou}
+        for name, iou in zip(self.class_names, self.confusion.iou()):
+            if not np.isnan(iou):
+                out[f"{prefix}/{self.name}/iou/{_metric_name(name)}"] = float(iou)
+        return out
+
+    def table(self) -> str:
+        return self.confusion.table(self.class_names)
+
+
+def _metric_name(name: str) -> str:
+    # MLflow metric names allow letters, digits, _ - . space / ; class names like "bed " keep their meaning
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name.strip())
+
+
+def palette(n: int) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved), extended to n classes; ignore is white."""
+    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
+    for i in range(len(pal)):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    pal[IGNORE] = (255, 255, 255)
+    return pal
+
+
+def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> Image.Image:
+    """image | ground truth | prediction, side by side."""
+    pal = palette(256)
+    gt = pal[np.clip(label, 0, 255)]
+    pr = pal[np.clip(pred, 0, 255)]
+    return Image.fromarray(np.concatenate([image, gt, pr], axis=1))
+
+
+@torch.no_grad()
+def evaluate(model, bench, *, max_images: int | None = None, num_overlays: int = 0,
+             bg_thresh: float | None = None, **protocol) -> EvalResult:
+    """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it."""
+    names = list(bench.class_names)
+    thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
+    cm = ConfusionMatrix(len(names), IGNORE)
+    overlays = []
+    n = len(bench) if max_images is None else min(len(bench), max_images)
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        for i in range(n):
+            image, label, _ = bench[i]
+            pred = segment(model, image, names, bg_thresh=thr, **protocol)
+            cm.update(pred, label)
+            if len(overlays) < num_overlays:
+                overlays.append(overlay(image, label, pred))
+    finally:
+        if was_training:
+            model.train()
+    return EvalResult(getattr(bench, "name", "dataset"), names, cm, n, overlays)
+
+
+def parse_eval_sets(specs, default_root: str | Path | None = None):
+    """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``."""
+    from .data.benchmarks import build_benchmark
+
+    out = []
+    for spec in specs:
+        name, sep, root = spec.partition("=")
+        root = root if sep else default_root
+        if root is None:
+            raise ValueError(f"evaluation set '{spec}' needs a path: write {name}=/path/to/data")
+        out.append(build_benchmark(name.strip(), root))
+    return out

@@ -1,0 +1,248 @@
+"""Pretraining: stage 1 (contrast + entity completion), then stage 2 (+ cross-image mask consistency).
+
+Framework-free: a Ray Train worker (``integrations/ray_train.py``) hands in its rank, device, all-gather,
+tracker and a ``report`` callable that persists checkpoints; the same loop runs in a plain process.
+The schedule follows the released code (reference section 6): AdamW, linear warmup then cosine per step,
+learning rates scaled by global batch / ``train.lr_batch``, clipping at 5; stage 2 starts the momentum
+encoder from the stage-1 weights, freezes the text tower (not its projector) and switches to the light
+augmentation with paired images. Checkpoints carry the optimizer, the step, the stage and the data position
+(epoch, batches into it), so a resumed run continues instead of restarting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from .config import Config, flatten, to_dict
+from .engine import build_optimizer, train_step
+from .evaluate import evaluate, parse_eval_sets
+from .losses import Gather
+from .models import build_model
+from .tracking import NullTracker
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class WorkerEnv:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    gather: Gather | None = None
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m  # DDP for several ranks
+    # persist a checkpoint: report(metrics, path_or_None); every rank calls it, rank 0 gives the file
+    report: Callable[[dict, Path | None], None] | None = None
+    scratch: Path = field(default_factory=lambda: Path("."))
+
+
+def lr_at(step: int, total: int, peak: float, floor: float, warmup: int, warmup_start: float) -> float:
+    """Linear warmup from ``warmup_start`` to ``peak`` over ``warmup`` steps, then cosine to ``floor``."""
+    if step < warmup:
+        return warmup_start + (peak - warmup_start) * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def synthetic_root(cfg: Config) -> Path:
+    d = cfg.data
+    if d.synthetic_dir:
+        return Path(d.synthetic_dir).expanduser()
+    size = cfg.model.vision.img_size
+    name = f"seed{d.synthetic_seed}-{size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
+    return Path.home() / ".cache" / "ovseg" / "synthetic" / name
+
+
+def ensure_synthetic_world(cfg: Config) -> Path:
+    """Generate the embedded world on first use (atomic: a half-written world never appears)."""
+    from .data.synthetic import SyntheticConfig
+    from .data.synthetic_world import generate_world
+
+    root = synthetic_root(cfg)
+    if not (root / "manifest.json").is_file():
+        print(f"[ovseg] generating the synthetic world into {root} (first use)", flush=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        d = cfg.data
+        generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
+                       num_seg=d.synthetic_seg, config=SyntheticConfig(image_size=cfg.model.vision.img_size),
+                       num_workers=2, overwrite=root.exists())
+    return root
+
+
+def train_urls(cfg: Config) -> list[str]:
+    if cfg.data.train:
+        return list(cfg.data.train)
+    root = synthetic_root(cfg) / "train"
+    return sorted(str(p) for p in root.glob("*.tar"))
+
+
+class Pretrainer:
+    def __init__(self, cfg: Config, env: WorkerEnv, tracker=None):
+        self.cfg, self.env = cfg, env
+        self.tracker = tracker or NullTracker()
+        self.main = env.rank == 0
+        self.model = build_model(cfg).to(env.device)
+        self.stages = [(1, cfg.train.stage1_steps), (2, cfg.train.stage2_steps)]
+        self.total_steps = sum(n for _, n in self.stages)
+        self.step, self.stage, self.epoch, self.batch_in_epoch = 0, 1, 0, 0
+        self.history: list[dict] = []
+        self.eval_sets = None
+        self.counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ state
+    def restore(self, ckpt: Checkpoint) -> None:
+        st = ckpt.state
+        self.step, self.stage = ckpt.step, int(st.get("stage", 1))
+        self.epoch, self.batch_in_epoch = int(st.get("epoch", 0)), int(st.get("batch_in_epoch", 0))
+        self.history = list(st.get("history", []))
+        if any(k.startswith("momentum_vision.") for k in ckpt.weights):
+            self.model.init_momentum()
+            self.model.momentum_vision.to(self.env.device)
+        self.model.load_state_dict(ckpt.weights)
+        self._resume_optim = (ckpt.extra, st.get("optimizer"))
+
+    def _save(self, optimizer, metrics: dict) -> None:
+        if self.env.report is None:
+            return
+        path = None
+        if self.main:
+            tensors, meta = optimizer_to_tensors(optimizer)
+            state = {"stage": self.stage, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                     "optimizer": meta, "history": self.history, "mlflow_run_id": self.tracker.run_id}
+            path = self.env.scratch / f"step-{self.step:08d}" / CHECKPOINT_FILE
+            save_checkpoint(path, self.model, self.cfg, self.step, metrics, extra=tensors, state=state)
+            if self.step == self.total_steps:
+                self.tracker.log_artifact(path, "checkpoint")
+        self.env.report({**metrics, "step": self.step}, path)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        if not self.main:
+            return {}
+        if self.eval_sets is None:
+            default_root = synthetic_root(self.cfg) / "val"
+            self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, default_root)
+        out = {}
+        for bench in self.eval_sets:
+            res = evaluate(self.model, bench, max_images=self.cfg.eval.max_images,
+                           num_overlays=self.cfg.eval.num_overlays, bg_thresh=self.cfg.eval.bg_thresh)
+            out.update(res.metrics())
+            self.tracker.log_text(res.table(), f"eval/{res.name}/iou_step{self.step:08d}.csv")
+            for i, img in enumerate(res.overlays):
+                self.tracker.log_image(img, f"eval/{res.name}/step{self.step:08d}_{i}.png")
+            print(f"[ovseg] step {self.step}: zero-shot {res.name} mIoU {res.miou:.4f} "
+                  f"({res.num_images} images)", flush=True)
+        self.tracker.log_metrics(out, self.step)
+        self.history.append({"step": self.step, **{k: v for k, v in out.items() if k.endswith("/miou")}})
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _stage_setup(self, stage: int):
+        cfg, tc = self.cfg, self.cfg.train
+        if stage == 2 and self.model.momentum_vision is None:
+            self.model.init_momentum()  # the EMA encoder starts from the stage-1 weights
+            self.model.momentum_vision.to(self.env.device)
+        self.model.set_text_trainable(stage == 1)
+        batch = tc.batch_size if stage == 1 else (tc.stage2_batch_size or tc.batch_size)
+        scale = batch * self.env.world_size / tc.lr_batch
+        if stage == 1:
+            sched = dict(peak=tc.lr * scale, floor=tc.min_lr * scale, warmup=tc.warmup_steps,
+                         warmup_start=tc.warmup_lr * scale)
+        else:
+            sched = dict(peak=tc.stage2_lr * scale, floor=tc.stage2_min_lr * scale, warmup=0, warmup_start=0.0)
+        optimizer = build_optimizer(self.model, sched["peak"], tc.weight_decay)
+        resume = getattr(self, "_resume_optim", None)
+        if resume is not None and resume[1] is not None:
+            optimizer_from_tensors(optimizer, resume[0], resume[1])
+        self._resume_optim = None
+        return batch, sched, optimizer, self._loader(stage, batch)
+
+    def _loader(self, stage: int, batch: int):
+        from .data.captions import build_caption_loader
+
+        cfg = self.cfg
+        if cfg.data.augment not in ("paper", "light"):
+            raise ValueError(f"data.augment must be 'paper' or 'light', got {cfg.data.augment!r}")
+        aug_stage = 2 if (stage == 2 or cfg.data.augment == "light") else 1
+        epoch_len = cfg.data.epoch_length or max(1, cfg.data.synthetic_train // (batch * self.env.world_size))
+        return build_caption_loader(
+            train_urls(cfg), self.model.tokenizer.hf, batch_size=batch, image_size=cfg.model.vision.img_size,
+            stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,
+            shuffle_buffer=cfg.data.shuffle_buffer, pairs=stage == 2, epoch_length=epoch_len,
+            max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size)
+
+    def _batches(self, loader):
+        """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""
+        while True:
+            loader.set_epoch(self.epoch)
+            for i, batch in enumerate(loader):
+                if i < self.batch_in_epoch:
+                    continue  # fast-forward to the checkpointed position of this epoch
+                self.batch_in_epoch = i + 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def run(self) -> dict:
+        tc = self.cfg.train
+        if self.main and self.step == 0:
+            self.tracker.log_params(flatten(self.cfg))
+            import yaml
+
+            self.tracker.log_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False), "config.yaml")
+        start = 0
+        final_metrics: dict = {}
+        for stage, n in self.stages:
+            end = start + n
+            if self.step >= end or n == 0:
+                start = end
+                continue
+            if stage != self.stage:  # a new stage starts its own data stream and schedule
+                self.stage, self.epoch, self.batch_in_epoch = stage, 0, 0
+            batch, sched, optimizer, loader = self._stage_setup(stage)
+            ddp = self.env.wrap(self.model)
+            autocast = torch.bfloat16 if (tc.bf16 and self.env.device.type == "cuda") else None
+            t0, seen, images = time.perf_counter(), 0, 0
+            for data in self._batches(loader):
+                lr = lr_at(self.step - start, n, **sched)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                data = {k: v.to(self.env.device, non_blocking=True) for k, v in data.items()}
+                metrics = train_step(ddp, data, optimizer, self.cfg.loss, gather=self.env.gather,
+                                     rank=self.env.rank, clip_grad=tc.clip_grad, autocast_dtype=autocast)
+                self.step += 1
+                seen += 1
+                images += batch * self.env.world_size
+                if self.main and (self.step % tc.log_every == 0 or self.step == end):
+                    elapsed = time.perf_counter() - t0
+                    rate = images / max(elapsed, 1e-9)
+                    logged = {f"train/{k}": v for k, v in metrics.items()}
+                    logged.update({"train/lr": lr, "train/images_per_s": rate, "train/stage": stage})
+                    counts = loader.counts.as_dict()
+                    logged.update({f"data/skipped/{k}": v for k, v in counts["skipped"].items()})
+                    logged.update({f"data/flagged/{k}": v for k, v in counts["flagged"].items()})
+                    self.tracker.log_metrics(logged, self.step)
+                    eta = (self.total_steps - self.step) * elapsed / max(seen, 1)
+                    print(f"[ovseg] step {self.step}/{self.total_steps} stage {stage} loss {metrics['loss']:.4f} "
+                          f"{rate:.0f} img/s lr {lr:.2e} eta {eta / 60:.1f} min", flush=True)
+                at_end = self.step >= end
+                evaluated = {}
+                if self.step % tc.eval_every == 0 or self.step == self.total_steps:
+                    evaluated = self.evaluate()
+                    final_metrics.update(evaluated)
+                stopping = tc.stop_after is not None and self.step >= tc.stop_after
+                if self.step % tc.ckpt_every == 0 or at_end or stopping:
+                    self._save(optimizer, {"loss": metrics["loss"], **evaluated})
+                if stopping:
+                    print(f"[ovseg] stopping at step {self.step} (train.stop_after); --resume continues", flush=True)
+                    return final_metrics
+                if at_end:
+                    break
+            self.counts = loader.counts.as_dict()
+            start = end
+        return final_metrics

@@ -1,0 +1,157 @@
+"""Pretraining on a real local Ray and a real MLflow server: resume, a killed worker, ``ray job submit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from services import REPO, env, free_port, start_mlflow, stop, wait_http
+
+from ovseg.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow
+PRETRAIN = str(REPO / "platform" / "pretrain.py")
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from ovseg.data.synthetic_world import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "w"
+    generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=64)
+    return root
+
+
+def _args(world, out, name, *extra):
+    return [f"data.synthetic_dir={world}", "data.synthetic_train=256", "data.loader_workers=0",
+            "data.shuffle_buffer=32", "train.batch_size=8", "train.num_workers=2", "train.cpus_per_worker=1",
+            "train.stage2_steps=0", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=1000",
+            "eval.num_overlays=1", f"train.output_dir={out}", f"train.run_name={name}", "train.experiment=ray-tests",
+            *extra]
+
+
+def _run(args, mlflow_uri, cwd, timeout=420, extra=()):
+    return subprocess.run([sys.executable, PRETRAIN, *extra, *args], cwd=cwd, env=env(MLFLOW_TRACKING_URI=mlflow_uri),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _latest(run_dir: Path):
+    ckpts = sorted(run_dir.glob("checkpoint_*/checkpoint.safetensors"), key=lambda p: read_checkpoint(p).step)
+    return read_checkpoint(ckpts[-1])
+
+
+def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    args = _args(world, tmp_path / "runs", "resume", "train.stage1_steps=6", "train.ckpt_every=100")
+    first = _run([*args, "train.stop_after=3"], mlflow_uri, tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert _latest(tmp_path / "runs" / "resume").step == 3
+    again = _run(args, mlflow_uri, tmp_path)
+    assert again.returncode == 1 or "exists" in again.stderr  # refuses to overwrite without --resume
+    second = _run(args, mlflow_uri, tmp_path, extra=["--resume"])
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming at step 3" in second.stdout + second.stderr
+    final = _latest(tmp_path / "runs" / "resume")
+    assert final.step == 6
+    assert {float(v) for k, v in final.extra.items() if k.endswith("/step")} == {6.0}  # AdamW went on from 3
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("ray-tests")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'resume'")
+    assert len(runs) == 1  # the resumed run continues the same MLflow run
+    run_id = runs[0].info.run_id
+    assert runs[0].data.params["model.vision.patch_size"] == "8"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "zeroshot/synthetic/miou")] == [6]
+    for name in ("train/images_per_s", "train/lr", "train/loss_contrast", "train/loss_entity"):
+        assert client.get_metric_history(run_id, name), name
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"checkpoint", "config.yaml", "eval"} <= arts
+    evals = {a.path for a in client.list_artifacts(run_id, "eval/synthetic")}
+    assert any(p.endswith(".csv") for p in evals) and any(p.endswith(".png") for p in evals)
+    local = client.download_artifacts(run_id, "checkpoint/checkpoint.safetensors", str(tmp_path))
+    assert read_checkpoint(local).step == 6
+
+
+def _worker_pids(session: int) -> list[int]:
+    """Ray Train worker processes of the run we started (same session id), none of anybody else's."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                sid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[3])
+                if sid == session and b"RayTrainWorker" in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflow_uri):
+    args = _args(world, tmp_path / "runs", "kill", "train.stage1_steps=40", "train.ckpt_every=4",
+                 "train.max_failures=1")
+    proc = subprocess.Popen([sys.executable, PRETRAIN, *args], cwd=tmp_path, env=env(MLFLOW_TRACKING_URI=mlflow_uri),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        # wait for a second checkpoint: by then Ray has registered the first one (a brand-new checkpoint
+        # folder can appear before the controller records it)
+        while len(list((tmp_path / "runs" / "kill").glob("checkpoint_*"))) < 2 and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        victims = _worker_pids(proc.pid)
+        assert victims, "no Ray Train worker process found"
+        os.kill(victims[-1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (tmp_path / "driver.log").write_text(out)
+    assert proc.returncode == 0, out[-4000:]
+    assert "resuming at step" in out, f"victims {victims}; log in {tmp_path / 'driver.log'}"
+    assert _latest(tmp_path / "runs" / "kill").step == 40
+    restarted_at = int(out.split("resuming at step ")[1].split()[0])
+    assert restarted_at >= 4 and f"step {restarted_at + 1}/40" in out and out.count("step 1/40 ") == 1
+
+
+def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri):
+    gcs, dash = free_port(), free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ovr", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+        env=env(), start_new_session=True, stdout=open(tmp_path / "ray.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
+        runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}}
+        args = _args(world, tmp_path / "runs", "job", "train.stage1_steps=2", "train.ckpt_every=100",
+                     "train.num_workers=1")
+        job = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+             "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+             "python", "platform/pretrain.py", *args],
+            env=env(), capture_output=True, text=True, timeout=400)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "succeeded" in job.stdout and "zero-shot synthetic mIoU" in job.stdout
+        assert _latest(tmp_path / "runs" / "job").step == 2
+    finally:
+        stop(head, timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""The framework-free pretraining loop, in-process: schedule, stages, checkpoints, resume, tracking faults."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovseg.checkpoint import read_checkpoint
+from ovseg.config import load_config
+from ovseg.tracking import MlflowTracker
+from ovseg.trainer import Pretrainer, WorkerEnv, lr_at
+
+
+def test_lr_schedule_hand_worked():
+    kw = dict(total=10, peak=1.0, floor=0.1, warmup=2, warmup_start=0.0)
+    assert lr_at(0, **kw) == 0.0 and lr_at(1, **kw) == 0.5 and lr_at(2, **kw) == 1.0
+    assert lr_at(6, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))  # half-way: 0.55
+    assert lr_at(10, **kw) == pytest.approx(0.1) and lr_at(50, **kw) == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from ovseg.data.synthetic_world import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "w"
+    generate_world(root, seed=0, num_train=160, num_val=6, num_seg=0, shard_size=80)
+    return root
+
+
+def _cfg(world, tmp_path, *extra):
+    return load_config("tiny", [f"data.synthetic_dir={world}", "data.synthetic_train=160", "data.loader_workers=0",
+                                "data.shuffle_buffer=50", "train.batch_size=16", "train.stage2_batch_size=8",
+                                "train.stage1_steps=4", "train.stage2_steps=2", "train.warmup_steps=2",
+                                "train.log_every=1", "train.eval_every=100", "train.ckpt_every=2",
+                                "eval.num_overlays=1", f"train.output_dir={tmp_path}", *extra])
+
+
+class _Reports:
+    def __init__(self, keep: Path):
+        self.items, self.keep = [], keep
+
+    def __call__(self, metrics, path):
+        kept = None
+        if path is not None:
+            kept = self.keep / f"{metrics['step']}.safetensors"
+            kept.write_bytes(path.read_bytes())
+        self.items.append((metrics, kept))
+
+
+class _Recorder:
+    run_id = "recorded"
+
+    def __init__(self):
+        self.metrics, self.texts, self.images = [], [], []
+
+    def log_params(self, p): self.params = p
+    def log_metrics(self, m, step): self.metrics.append((step, dict(m)))
+    def log_text(self, t, f): self.texts.append(f)
+    def log_image(self, i, f): self.images.append(f)
+    def log_artifact(self, p, a=None): self.texts.append(str(a))
+    def close(self, status="FINISHED"): ...
+
+
+def test_two_stages_checkpoints_and_evaluation(world, tmp_path):
+    reports, tracker = _Reports(tmp_path), _Recorder()
+    trainer = Pretrainer(_cfg(world, tmp_path), WorkerEnv(report=reports, scratch=tmp_path / "scratch"), tracker)
+    final = trainer.run()
+    assert trainer.step == 6 and [m["step"] for m, _ in reports.items] == [2, 4, 6]
+    assert "zeroshot/synthetic/miou" in final and 0.0 <= final["zeroshot/synthetic/miou"] <= 1.0
+    steps = {s for s, m in tracker.metrics if "train/loss" in m}
+    assert steps == set(range(1, 7))
+    stage2 = [m for s, m in tracker.metrics if s > 4 and "train/loss" in m]
+    assert all("train/loss_mask" in m for m in stage2)  # stage 2 adds mask consistency
+    assert trainer.model.momentum_vision is not None
+    assert not any(p.requires_grad for p in trainer.model.text.parameters())  # text tower frozen in stage 2
+    assert any(p.requires_grad for p in trainer.model.text_projector.parameters())
+    assert "config.yaml" in tracker.texts and any(f.endswith(".png") for f in tracker.images)
+    ckpt = read_checkpoint(reports.items[-1][1])
+    assert ckpt.step == 6 and ckpt.state["stage"] == 2 and ckpt.state["mlflow_run_id"] == "recorded"
+
+
+def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_path):
+    reports = _Reports(tmp_path)
+    cfg = _cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=6", "train.stop_after=3",
+               "train.ckpt_every=100")
+    first = Pretrainer(cfg, WorkerEnv(report=reports, scratch=tmp_path / "s1"), _Recorder())
+    first.run()
+    assert first.step == 3 and [m["step"] for m, _ in reports.items] == [3]
+    saved = read_checkpoint(reports.items[-1][1])
+    assert saved.state["batch_in_epoch"] == 3 and saved.state["epoch"] == 0
+
+    resumed_cfg = _cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=6", "train.ckpt_every=100")
+    second = Pretrainer(resumed_cfg, WorkerEnv(report=reports, scratch=tmp_path / "s2"), _Recorder())
+    second.restore(saved)
+    for k, v in second.model.state_dict().items():
+        assert torch.equal(v, saved.weights[k]), k  # the weights continue, not restart
+    tracker = second.tracker
+    second.run()
+    assert second.step == 6
+    assert [s for s, m in tracker.metrics if "train/loss" in m] == [4, 5, 6]
+    lr4 = [m["train/lr"] for s, m in tracker.metrics if s == 4][0]
+    expected = lr_at(3, 6, peak=2e-3 * 16 / 128, floor=1e-4 * 16 / 128, warmup=2, warmup_start=1e-5 * 16 / 128)
+    assert lr4 == pytest.approx(expected)  # the schedule continues too
+    final = read_checkpoint(reports.items[-1][1])
+    adam_steps = {float(v) for k, v in final.extra.items() if k.endswith("/step")}
+    assert adam_steps == {6.0}  # AdamW's own counters were restored and went on: 3 + 3
+    assert final.state["batch_in_epoch"] == 6  # the data stream continued past the 3 batches already used
+
+
+def test_an_unreachable_tracking_server_does_not_stop_training(world, tmp_path, capsys):
+    tracker = MlflowTracker("x", tracking_uri="http://127.0.0.1:9")  # nothing listens on the discard port
+    assert not tracker.enabled and "unreachable" in capsys.readouterr().out
+    trainer = Pretrainer(_cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=2"),
+                         WorkerEnv(scratch=tmp_path / "s"), tracker)
+    trainer.run()
+    assert trainer.step == 2
