@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv in this checkout (once; again when pyproject.toml changes).
-#   make run    set up, then run the main job on the embedded default
+#   make run    set up, then run the main job (pretraining) on the embedded default
 #   make test   set up, then run the whole test suite offline
 PY := .venv/bin/python
 
@@ -13,7 +13,7 @@ setup: .venv/.installed
 	touch $@
 
 run: setup
-	HF_HUB_OFFLINE=1 $(PY) platform/demo.py
+	HF_HUB_OFFLINE=1 $(PY) platform/pretrain.py
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -1,10 +1,13 @@
 """Forward + backward training throughput (images/s) and peak memory of a model config, on this machine.
 
     python bench/model_throughput.py [--configs tiny vit-s16-cc4m] [--steps 5] [--device cpu|cuda] [--bf16]
+    python bench/model_throughput.py --configs vit-b16-cc4m --device cuda --bf16 --batch 128   # a lent GPU
 
 Each config runs in its own subprocess so that its peak resident memory (CPU) is its own; on CUDA the peak
 allocated GPU memory is reported. One full training step = model forward with the stage-1 losses
 (contrast + entity completion), backward and an AdamW step, on random inputs of the config's image size.
+Model FLOPs per step are counted once with torch's FlopCounterMode (forward + backward, matmuls and
+convolutions); MFU = achieved FLOP/s / ``--peak-tflops`` (default: H100 SXM dense bf16, 989 TFLOP/s).
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ def run_one(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
             "question_ids": ids, "question_mask": mask, "answer_ids": ids, "answer_mask": mask}
     opt = build_optimizer(model, 1e-4)
     kw = {"autocast_dtype": torch.bfloat16} if bf16 else {}
-    train_step(model, data, opt, LossConfig(), **kw)  # warm-up
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(model, data, opt, LossConfig(), **kw)  # warm-up, and the FLOP count of one step
+    step_flops = counter.get_total_flops()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -52,6 +60,7 @@ def run_one(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"config": name, "batch": batch, "image_size": size, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "images_per_s": batch * steps / dt, "step_s": dt / steps, "peak_mib": peak, "device": device,
+            "tflop_per_step": step_flops / 1e12, "achieved_tflops": step_flops * steps / dt / 1e12,
             "threads": torch.get_num_threads(), "bf16": bf16}
 
 
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's peak, for MFU")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -69,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"# {' '.join(sys.argv)}  |  {platform.node()} {platform.processor() or platform.machine()}  |  "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"{'config':16s} {'params':>8s} {'batch':>5s} {'img':>4s} {'images/s':>9s} {'s/step':>7s} {'peak MiB':>9s}")
+    print(f"{'config':16s} {'params':>8s} {'batch':>5s} {'img':>4s} {'images/s':>9s} {'s/step':>7s} {'peak MiB':>9s} "
+          f"{'TFLOP/step':>10s} {'TFLOP/s':>8s} {'MFU':>6s}")
     for name in args.configs:
         cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch or DEFAULT_BATCH.get(name, 8)),
                "--steps", str(args.steps), "--device", args.device] + (["--bf16"] if args.bf16 else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         print(f"{r['config']:16s} {r['params_m']:7.1f}M {r['batch']:5d} {r['image_size']:4d} "
-              f"{r['images_per_s']:9.1f} {r['step_s']:7.3f} {r['peak_mib']:9.0f}")
+              f"{r['images_per_s']:9.1f} {r['step_s']:7.3f} {r['peak_mib']:9.0f} {r['tflop_per_step']:10.3f} "
+              f"{r['achieved_tflops']:8.3f} {r['achieved_tflops'] / args.peak_tflops:6.1%}")
     return 0
 
 

@@ -82,6 +82,19 @@ def _worker_loop(loop_config: dict) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _default_run_name(config_name: str, storage: Path, resume: bool) -> str:
+    """A fresh run gets ``<config>-<UTC time>``; ``--resume`` without a name continues the newest one."""
+    if resume:
+        runs = sorted(storage.glob(f"{config_name}-2*"), key=lambda p: p.name)
+        if not runs:
+            raise FileNotFoundError(f"--resume: no run of config '{config_name}' in {storage}; "
+                                    "name one with train.run_name=...")
+        return runs[-1].name
+    import datetime
+
+    return f"{config_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+
+
 def run_pretraining(cfg: Config, *, resume: bool = False, address: str | None = None) -> dict:
     """Train ``cfg`` on Ray (a local Ray when none is running); returns the final reported metrics."""
     import ray
@@ -92,7 +105,7 @@ def run_pretraining(cfg: Config, *, resume: bool = False, address: str | None = 
     if not cfg.data.train:
         ensure_synthetic_world(cfg)  # on the driver, once, before any worker starts
     storage = Path(tc.output_dir).expanduser().resolve()
-    name = tc.run_name or cfg.name
+    name = tc.run_name or _default_run_name(cfg.name, storage, resume)
     run_dir = storage / name
     if run_dir.exists() and not resume:
         raise FileExistsError(f"run folder {run_dir} exists: pass --resume to continue it, or choose another "

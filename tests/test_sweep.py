@@ -1,0 +1,104 @@
+"""Ray Tune sweeps for real: ASHA, MLflow parent and child runs, the best config, interrupt and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from services import REPO, env
+
+from ovseg.config import load_config
+from ovseg.integrations.ray_tune import load_space, trial_config
+
+pytestmark = pytest.mark.slow
+SWEEP = str(REPO / "tuning" / "sweep.py")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from ovseg.data.synthetic_world import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "w"
+    generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=128)
+    return root
+
+
+def _args(world, out, name):
+    return ["--output", str(out), "--name", name, f"data.synthetic_dir={world}", "data.synthetic_train=256",
+            "train.batch_size=8", "train.stage2_batch_size=4", "train.stage1_steps=6", "train.stage2_steps=2",
+            "train.eval_every=2", "train.warmup_steps=1", "eval.max_images=4", "train.experiment=sweep-tests"]
+
+
+def test_space_file_validation_and_trial_configs(tmp_path):
+    space = load_space("default")
+    assert {"loss.entity_weight", "loss.mask_weight", "model.vision.num_output_groups", "train.lr"} <= set(space["search"])
+    base = load_config("tiny")
+    cfg = trial_config(__import__("ovseg.config", fromlist=["to_dict"]).to_dict(base),
+                       {"model.vision.num_output_groups": [4], "loss.entity_weight": 0.5})
+    assert cfg.model.vision.num_output_groups == (4,) and cfg.loss.entity_weight == 0.5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  loss.entity_weight: {between: [0, 1]}\n")
+    with pytest.raises(ValueError, match="sampler"):
+        load_space(str(bad))
+
+
+def test_sweep_asha_mlflow_best_config_and_resume(world, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "sweeps"
+    cmd = [sys.executable, SWEEP, "--num-samples", "4", "--max-concurrent", "1", *_args(world, out, "s1")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(RAY_DEDUP_LOGS="0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:  # interrupt once the first trial has finished and the second has started (trials run one at a time)
+        deadline = time.time() + 300
+        while len(list((out / "s1").glob("trial_*"))) < 2 and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        finished = sorted((out / "s1").glob("trial_*"))[0]
+        os.killpg(proc.pid, signal.SIGINT)
+        first_out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    before = (finished / "result.json").stat().st_mtime_ns, (finished / "result.json").stat().st_size
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env(RAY_DEDUP_LOGS="0"), capture_output=True,
+                             text=True, timeout=420)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-4000:]
+    first_id = finished.name.split("_", 1)[1]
+    assert f"trial {first_id} starts" not in log  # the finished trial was not run again
+    assert ((finished / "result.json").stat().st_mtime_ns, (finished / "result.json").stat().st_size) == before
+    assert len(list((out / "s1").glob("trial_*"))) == 4
+
+    table = resumed.stdout.split("trial,loss.entity_weight")[1].splitlines()[1:5]
+    assert len(table) == 4 and any(",True,False" in row for row in table)  # ASHA stopped a trial early
+
+    best = out / "s1.best.yaml"
+    cfg = load_config(str(best))
+    assert cfg.train.stage1_steps == 6
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep-tests")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ovseg.sweep") == "s1"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["ovseg.trial_id"] for r in children) == sorted(
+        p.name.split("_", 1)[1] for p in (out / "s1").glob("trial_*"))  # one child per trial, none twice
+    for child in children:
+        assert client.get_metric_history(child.info.run_id, "zeroshot/synthetic/miou")
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results.csv", "best", "plots"} <= arts
+
+    short = subprocess.run([sys.executable, str(REPO / "platform" / "pretrain.py"), "--config-file", str(best),
+                            "train.stage1_steps=2", "train.stage2_steps=0", "train.num_workers=1",
+                            f"train.output_dir={tmp_path / 'runs'}", "train.experiment=sweep-tests"],
+                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert short.returncode == 0, short.stdout[-3000:] + short.stderr[-3000:]
+    assert "step 2/2" in short.stdout + short.stderr
