@@ -38,8 +38,8 @@ def _worker_loop(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, cfg.train.cpus_per_worker - cfg.data.loader_workers))
+    if device.type == "cpu":  # loader workers are light next to the model: give the step every core it asked for
+        torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     scratch = Path(tempfile.mkdtemp(prefix=f"ovseg-rank{rank}-"))
 
     def report(metrics: dict, path: Path | None) -> None:
