@@ -231,11 +231,13 @@ class Pretrainer:
                     print(f"[ovseg] step {self.step}/{self.total_steps} stage {stage} loss {metrics['loss']:.4f} "
                           f"{rate:.0f} img/s lr {lr:.2e} eta {eta / 60:.1f} min", flush=True)
                 at_end = self.step >= end
+                stopping = tc.stop_after is not None and self.step >= tc.stop_after
                 evaluated = {}
-                if self.step % tc.eval_every == 0 or self.step == self.total_steps:
+                # also at the end of each stage (the ablation's stage-1 number) and when stopping early, so
+                # that every checkpoint a sweep reports to Tune carries the metric ASHA ranks by
+                if self.step % tc.eval_every == 0 or at_end or stopping:
                     evaluated = self.evaluate()
                     final_metrics.update(evaluated)
-                stopping = tc.stop_after is not None and self.step >= tc.stop_after
                 if self.step % tc.ckpt_every == 0 or at_end or stopping:
                     self._save(optimizer, {"loss": metrics["loss"], **evaluated})
                 if stopping:

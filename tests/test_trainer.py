@@ -67,6 +67,8 @@ def test_two_stages_checkpoints_and_evaluation(world, tmp_path):
     trainer = Pretrainer(_cfg(world, tmp_path), WorkerEnv(report=reports, scratch=tmp_path / "scratch"), tracker)
     final = trainer.run()
     assert trainer.step == 6 and [m["step"] for m, _ in reports.items] == [2, 4, 6]
+    evaluated = [s for s, m in tracker.metrics if "zeroshot/synthetic/miou" in m]
+    assert evaluated == [4, 6]  # the end of each stage is evaluated (eval_every is 100 here)
     assert "zeroshot/synthetic/miou" in final and 0.0 <= final["zeroshot/synthetic/miou"] <= 1.0
     steps = {s for s, m in tracker.metrics if "train/loss" in m}
     assert steps == set(range(1, 7))

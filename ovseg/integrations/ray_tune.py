@@ -12,7 +12,6 @@ parameter, and the best configuration as YAML that ``platform/pretrain.py --conf
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -127,6 +126,7 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     cfg = base
     metric = f"zeroshot/{_first_dataset(cfg)}/miou"
@@ -149,7 +149,7 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
         parent.log_text(yaml.safe_dump(space, sort_keys=False), "space.yaml")
         storage.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": parent.run_id}))
-    reports = math.ceil((cfg.train.stage1_steps + cfg.train.stage2_steps) / cfg.train.eval_every)
+    reports = len(report_steps(cfg))
     if cfg.train.num_workers == 1:
         resources = {"cpu": cfg.train.cpus_per_worker, "gpu": 1 if cfg.train.use_gpu else 0}
     else:  # the trial only coordinates; its TorchTrainer asks Ray for the workers' resources
@@ -171,6 +171,7 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
             tuner = tune.Tuner(
                 trainable, param_space=space_tune,
                 tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=num_samples,
+                                            search_alg=BasicVariantGenerator(random_state=cfg.seed),
                                             max_concurrent_trials=max_concurrent,
                                             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                             scheduler=ASHAScheduler(max_t=reports, grace_period=1,
@@ -182,6 +183,12 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
         if started_here:
             ray.shutdown()
     return _summarise(grid, space, metric, cfg, storage / f"{name}.best.yaml", parent, reports)
+
+
+def report_steps(cfg: Config) -> set[int]:
+    """The steps at which a trial reports: every evaluation (each ``eval_every`` steps and each stage end)."""
+    s1, total = cfg.train.stage1_steps, cfg.train.stage1_steps + cfg.train.stage2_steps
+    return set(range(cfg.train.eval_every, total + 1, cfg.train.eval_every)) | {s for s in (s1, total) if s > 0}
 
 
 def fixed_overrides(space: dict) -> list[str]:
