@@ -78,7 +78,8 @@ def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflo
     run_id = runs[0].info.run_id
     assert runs[0].data.params["model.vision.patch_size"] == "8"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
-    assert [m.step for m in client.get_metric_history(run_id, "zeroshot/synthetic/miou")] == [6]
+    # evaluated where the first invocation stopped and at the end
+    assert [m.step for m in client.get_metric_history(run_id, "zeroshot/synthetic/miou")] == [3, 6]
     for name in ("train/images_per_s", "train/lr", "train/loss_contrast", "train/loss_entity"):
         assert client.get_metric_history(run_id, name), name
     arts = {a.path for a in client.list_artifacts(run_id)}
