@@ -149,26 +149,6 @@ def multilabel_contrast(emb_scores: torch.Tensor, targets: torch.Tensor) -> torc
     return 0.5 * (i2t + t2i)
 
 
-def forward_extra(model, batch: dict, prompt_ids, prompt_mask, want_groups: bool):
-    """OVSegmentor.forward (stage 1 parts) + image/group embeddings and prompt embeddings for extra losses."""
-    vis = model.vision(batch["image"])
-    group_emb = F.normalize(model.img_projector(vis.tokens), dim=-1) if want_groups else None
-    out = {
-        "image_emb": F.normalize(model.img_projector(vis.tokens.mean(1)), dim=-1),
-        "text_emb": model.encode_text(batch["caption_ids"], batch["caption_mask"]),
-        "logit_scale": model.scale(),
-    }
-    if "question_ids" in batch:
-        _, q_tokens = model.text(batch["question_ids"], batch["question_mask"])
-        decoded = model.decoder(q_tokens, batch["question_mask"], vis.tokens)
-        out["entity_emb"] = F.normalize(model.bridge_projector(decoded), dim=-1)
-        out["answer_emb"] = model.encode_text(batch["answer_ids"], batch["answer_mask"])
-    if prompt_ids is not None:
-        out["prompt_emb"] = model.encode_text(prompt_ids, prompt_mask)  # (C, E)
-    out["group_emb"] = group_emb
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ eval
 @torch.no_grad()
 def eval_split(model, images_uint8, labels, class_names, top_k=5, bs=250):
@@ -318,16 +298,17 @@ def main(argv=None):
         if args.entity and loss_cfg.entity_weight:
             batch.update(question_ids=tr.q_ids[idx], question_mask=tr.q_mask[idx], answer_ids=tr.a_ids[idx],
                          answer_mask=tr.a_mask[idx])
-        out = forward_extra(model, batch, p_ids if use_prompts else None, p_mask, args.gmil > 0)
+        if use_prompts:  # the model's class-prompt path gives class and group embeddings for the extra losses
+            batch.update(class_ids=p_ids, class_mask=p_mask)
+        out = model(batch)
         total, parts = compute_losses(out, loss_cfg)
         targets = tr.entity_multi_hot[idx]
         if args.mlc > 0:
-            parts["loss_mlc"] = multilabel_contrast(out["logit_scale"] * out["image_emb"] @ out["prompt_emb"].t(),
+            parts["loss_mlc"] = multilabel_contrast(out["logit_scale"] * out["image_emb"] @ out["class_emb"].t(),
                                                     targets)
             total = total + args.mlc * parts["loss_mlc"]
         if args.gmil > 0:
-            gl = out["logit_scale"] * torch.einsum("bge,ce->bgc", out["group_emb"], out["prompt_emb"])
-            parts["loss_gmil"] = multilabel_contrast(gl.amax(1), targets)
+            parts["loss_gmil"] = multilabel_contrast(out["group_class_logits"].amax(1), targets)
             total = total + args.gmil * parts["loss_gmil"]
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {step}")

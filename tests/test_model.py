@@ -148,3 +148,16 @@ def test_packaged_minilm_is_a_real_pretrained_text_tower():
 def test_missing_text_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_model("tiny", [f"model.text.pretrained_dir={tmp_path / 'nothing'}"])
+
+
+def test_class_prompt_path_gives_group_class_logits(tiny_model):
+    m, tok = tiny_model.eval(), tiny_model.tokenizer
+    ids, mask = tok(["a cat", "a dog"])
+    c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a bus."])
+    with torch.no_grad():
+        out = m({"image": torch.randn(2, 3, 64, 64), "caption_ids": ids, "caption_mask": mask,
+                 "class_ids": c_ids, "class_mask": c_mask})
+    assert out["class_emb"].shape == (3, 128) and out["group_emb"].shape == (2, 8, 128)
+    expected = out["logit_scale"] * torch.einsum("bge,ce->bgc", out["group_emb"], out["class_emb"])
+    assert torch.allclose(out["group_class_logits"], expected, atol=1e-5)
+    assert out["assign"].shape == (2, 8, 8, 8)

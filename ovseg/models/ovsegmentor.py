@@ -85,6 +85,7 @@ class OVSegmentor(nn.Module):
             class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
             group_emb = F.normalize(self.img_projector(vis.tokens), dim=-1)  # (B, G, E)
             out["group_class_logits"] = out["logit_scale"] * group_emb @ class_emb.t()  # (B, G, C)
+            out["class_emb"], out["group_emb"] = class_emb, group_emb
             out["assign"] = flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid)  # (B, G, h, w)
         return out
 
