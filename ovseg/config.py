@@ -147,6 +147,46 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy with Flower's clipping-and-noise wrappers (off when noise_multiplier is 0)."""
+
+    mode: str = "server"  # "server": the server clips each update; "client": sites clip (adds a client mod)
+    noise_multiplier: float = 0.0  # Gaussian noise std = noise_multiplier * clipping_norm / sampled sites
+    clipping_norm: float = 1.0  # L2 bound of one site's update (the model delta)
+    delta: float = 1e-5  # target delta of the (epsilon, delta) budget that is logged per round
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Federated hybrid training with Flower (clients/): the server's strategy and each site's local work."""
+
+    rounds: int = 10
+    local_steps: int = 20  # optimiser steps per site per round
+    local_batch: int = 32
+    lr: float = 1e-4  # local AdamW learning rate (constant within a round)
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedtrimmedavg | fedmedian
+    proximal_mu: float = 0.0  # FedProx: mu / 2 * ||w - w_global||^2 added to the local loss
+    server_lr: float = 1e-2  # FedAdam's eta
+    trim_beta: float = 0.2  # FedTrimmedAvg: fraction cut at each end
+    train_text: bool = False  # the text tower stays frozen (and home) unless true
+    transport: str = "float32"  # or "bfloat16": updates travel at half the bytes
+    max_update_norm: float = 1e3  # L2 norm of (update - global) beyond which an update is refused
+    min_sites: int = 2  # sites that must be connected before a round starts
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    round_timeout: float = 600.0  # seconds a round waits for replies; late or failed sites are left out
+    # a pretraining checkpoint to start from. The server reads it; the trainable tensors reach sites by message,
+    # the frozen towers never travel: each site loads them from its own copy (node config base-checkpoint,
+    # else this path), and a fingerprint check refuses a site whose copy differs.
+    init_checkpoint: str | None = None
+    sites_dir: str | None = None  # simulation: virtual node i trains on <sites_dir>/site-<i> (make_sites.py)
+    output_dir: str = "runs/federated"  # server checkpoints: <output_dir>/<run name>/round-XXXX.safetensors
+    run_name: str = "federation"
+    experiment: str = "ovseg-federated"
+    dp: DPConfig = field(default_factory=DPConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "vit-b16-cc4m"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -154,6 +194,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
     seed: int = 0
 
 

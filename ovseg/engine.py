@@ -37,13 +37,21 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                loss_cfg: LossConfig, *, gather: Gather | None = None, rank: int = 0, clip_grad: float | None = 5.0,
-               autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Forward, losses, backward, clip, step (and the momentum encoder's EMA when it exists)."""
+               autocast_dtype: torch.dtype | None = None,
+               extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None) -> dict[str, float]:
+    """Forward, losses, backward, clip, step (and the momentum encoder's EMA when it exists).
+
+    ``extra_loss(model)`` adds a term that depends on the weights alone (FedProx's proximal term); it is
+    reported as ``loss_extra``.
+    """
     model.train()
     device_type = batch["image"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         out = model(batch)
         total, parts = compute_losses(out, loss_cfg, batch, gather=gather, rank=rank)
+    if extra_loss is not None:
+        parts["loss_extra"] = extra_loss(model)
+        total = total + parts["loss_extra"]
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss {total.item()} ({ {k: v.item() for k, v in parts.items()} })")
     optimizer.zero_grad(set_to_none=True)

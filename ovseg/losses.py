@@ -120,12 +120,15 @@ def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[st
                    gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total of whichever losses the model's outputs allow, and each part (unweighted).
 
-    From ``batch``: ``has_entity`` (rows that enter entity completion), ``has_pair`` (rows whose paired
+    From ``batch``: ``caption_valid`` (rows that enter the image-text contrast; segmentation batches leave
+    out repeated class-name captions, which would be each other's false negatives), ``has_entity`` (rows that
+    enter entity completion), ``has_pair`` (rows whose paired
     image shares an entity: the mask loss), ``label`` (segmentation data).
     """
     batch = batch or {}
     scale = out["logit_scale"]
-    parts = {"loss_contrast": contrastive_loss(out["image_emb"], out["text_emb"], scale, gather, rank)}
+    parts = {"loss_contrast": contrastive_loss(out["image_emb"], out["text_emb"], scale, gather, rank,
+                                               valid=batch.get("caption_valid"))}
     total = cfg.contrast_weight * parts["loss_contrast"]
     if "entity_emb" in out and cfg.entity_weight:
         parts["loss_entity"] = contrastive_loss(out["entity_emb"], out["answer_emb"], scale, gather, rank,

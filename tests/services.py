@@ -72,3 +72,73 @@ def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
         stop(proc)
         raise
     return proc, uri
+
+
+# ---------------------------------------------------------------------------------------------- Flower
+
+
+def flower_env(home: Path, **extra: str) -> dict[str, str]:
+    return env(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", **extra)
+
+
+def write_connection(home: Path, name: str, address: str, root_certificates: Path | None) -> None:
+    """$FLWR_HOME/config.toml with one SuperLink connection (TLS with our CA, or insecure)."""
+    home.mkdir(parents=True, exist_ok=True)
+    auth = f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true"
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+                                      f'address = "{address}"\n{auth}\n')
+
+
+def make_certs(out: Path, *sites: str) -> Path:
+    subprocess.run(["bash", str(REPO / "infra" / "flower" / "make_certs.sh"), str(out), *sites], check=True,
+                   capture_output=True, timeout=60)
+    return out
+
+
+def start_superlink(root: Path, home: Path, certs: Path | None, auth: bool = True) -> tuple[subprocess.Popen, str]:
+    """A SuperLink on loopback (TLS + node authentication with ``certs``, else --insecure)."""
+    port = free_port()
+    cmd = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
+           "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation",
+           "--health-server-address", f"127.0.0.1:{free_port()}"]
+    if certs is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.crt"),
+                "--ssl-keyfile", str(certs / "server.key")]
+        if auth:
+            cmd.append("--enable-supernode-auth")
+    proc = subprocess.Popen(cmd, env=flower_env(home), start_new_session=True, cwd=root,
+                            stdout=open(root / "superlink.log", "w"), stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {proc.returncode}: "
+                               f"{(root / 'superlink.log').read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, address
+        time.sleep(0.3)
+    stop(proc)
+    raise TimeoutError("flower-superlink did not open its port within 60 s")
+
+
+def start_supernode(root: Path, home: Path, name: str, address: str, node_config: str,
+                    certs: Path | None, key: Path | None) -> subprocess.Popen:
+    cmd = [str(BIN / "flower-supernode"), "--superlink", address, "--port", str(free_port()),
+           "--node-config", node_config, "--health-server-address", f"127.0.0.1:{free_port()}"]
+    if certs is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(certs / "ca.crt")]
+    if key is not None:
+        cmd += ["--auth-supernode-private-key", str(key)]
+    return subprocess.Popen(cmd, env=flower_env(home), start_new_session=True, cwd=root,
+                            stdout=open(root / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+
+
+def flwr(home: Path, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flwr"), *args], env=flower_env(home), capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO)

@@ -125,6 +125,11 @@ class SampleBuilder:
         caption = read_caption(raw)
         spans = read_spans(raw, caption)
         image = decode_image(payload)
+        return {"key": raw["__key__"], "payload": payload, "image": self.transform(image),
+                **self.text_fields(caption, spans, rng, flags)}
+
+    def text_fields(self, caption: str, spans, rng: random.Random, flags: Counter) -> dict[str, Any]:
+        """Caption, masked-entity question and answer prompt tokens (``spans`` None: match on the fly)."""
         enc = self.tokenize(caption, offsets=True)
         # The last character the tokenizer kept: text after it never reaches the model.
         visible = max(end for _, end in enc["offset_mapping"])
@@ -140,8 +145,7 @@ class SampleBuilder:
         question = self.tokenize(mask_spans(caption, spans, self.tokenizer.mask_token))
         answer = self.tokenize(answer_prompt(entities, rng))
         return {
-            "key": raw["__key__"], "entities": entities, "payload": payload,
-            "image": self.transform(image),
+            "entities": entities,
             "caption_ids": enc["input_ids"], "caption_mask": enc["attention_mask"],
             "question_ids": question["input_ids"], "question_mask": question["attention_mask"],
             "answer_ids": answer["input_ids"], "answer_mask": answer["attention_mask"],

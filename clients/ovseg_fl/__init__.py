@@ -1,0 +1,1 @@
+"""The ovseg Flower app: thin entry points over ``ovseg.integrations.flower``."""

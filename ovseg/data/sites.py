@@ -1,0 +1,146 @@
+"""Split a synthetic world into federated partner sites, non-IID (for simulations and local tests).
+
+Some sites hold captions only (the world's ``train`` caption shards), some hold labelled masks only (its
+``seg`` shards). Classes are skewed across the sites of each kind by a Dirichlet draw: for every class, a
+share vector ~ Dir(alpha) over those sites, and each sample of that class goes to a site drawn from it
+(small alpha = each site sees few classes; large alpha = nearly IID). A sample's class is its first named
+class (captions) or its largest labelled class (masks). Segmentation sites keep ``val_fraction`` of their
+samples as their own labelled split (``val/``), used by the evaluate action.
+
+Output::
+
+    out_dir/federation.json        sites, kinds, per-site per-class sample counts, the split parameters
+    out_dir/site-00/site.json      {"kind": "caption" | "segmentation"}
+    out_dir/site-00/captions/*.tar (caption sites)   or   seg/*.tar + val/*.tar (segmentation sites)
+
+Members are copied byte for byte; every file is written atomically; the whole tree is built in a temporary
+sibling folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ovseg.data.shardio import atomic_write_bytes, decode_label, write_tar
+
+KINDS = ("caption", "segmentation")
+
+
+def _tar_samples(path: Path):
+    """(key, [(member name, bytes)...]) for consecutive members sharing a key."""
+    key, members = None, []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            k = info.name.split("/")[-1].split(".", 1)[0]
+            data = tar.extractfile(info).read()
+            if k != key and members:
+                yield key, members
+                members = []
+            key = k
+            members.append((info.name, data))
+    if members:
+        yield key, members
+
+
+def _caption_class(members, classes: list[str]) -> int | None:
+    text = next((d.decode("utf-8", "replace") for n, d in members if n.endswith(".txt")), "")
+    best = None
+    for i, name in enumerate(classes):
+        m = re.search(rf"\b{re.escape(name)}\b", text.lower())
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), i)
+    return None if best is None else best[1]
+
+
+def _seg_class(members, classes: list[str]) -> int | None:
+    raw = next((d for n, d in members if n.endswith(".seg.png")), None)
+    meta = next((d for n, d in members if n.endswith(".json")), None)
+    if raw is None or meta is None:
+        return None
+    names = json.loads(meta)["classes"]
+    label = decode_label(raw)
+    ids, counts = np.unique(label[(label != 255) & (label < len(names))], return_counts=True)
+    fg = [(c, i) for i, c in zip(ids, counts) if names[i] != "background"]
+    if not fg:
+        return None
+    name = names[max(fg)[1]]
+    return classes.index(name) if name in classes else None
+
+
+def _assign(labels: list[int | None], num_sites: int, num_classes: int, alpha: float,
+            rng: np.random.Generator) -> list[int]:
+    shares = rng.dirichlet([alpha] * num_sites, size=num_classes + 1)  # last row: samples with no class
+    return [int(rng.choice(num_sites, p=shares[num_classes if c is None else c])) for c in labels]
+
+
+def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alpha: float = 0.5, seed: int = 0,
+                val_fraction: float = 0.1, shard_size: int = 1000, max_per_kind: int | None = None,
+                overwrite: bool = False) -> dict:
+    """Write one folder per site (see the module docstring); return the federation manifest."""
+    world, out = Path(world), Path(out_dir)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"site kinds must be a non-empty list of {KINDS}, got {kinds}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    manifest_path = world / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{world} is not a synthetic world (no manifest.json); make one with "
+                                "platform/make_synthetic.py")
+    classes = [c for c in json.loads(manifest_path.read_text())["classes"] if c != "background"]
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
+    rng = np.random.default_rng(seed)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sites = [{"name": f"site-{i:02d}", "kind": k} for i, k in enumerate(kinds)]
+    try:
+        for kind, split, classify in (("caption", "train", _caption_class), ("segmentation", "seg", _seg_class)):
+            members_of = [i for i, s in enumerate(sites) if s["kind"] == kind]
+            if not members_of:
+                continue
+            shards = sorted((world / split).glob("*.tar"))
+            if not shards:
+                raise FileNotFoundError(f"{world / split}: no shards for the {kind} sites")
+            samples = [s for shard in shards for s in _tar_samples(shard)]
+            if max_per_kind is not None:
+                samples = samples[:max_per_kind]
+            labels = [classify(m, classes) for _, m in samples]
+            owner = _assign(labels, len(members_of), len(classes), alpha, rng)
+            for j, site_index in enumerate(members_of):
+                site = sites[site_index]
+                mine = [(s, c) for s, c, o in zip(samples, labels, owner) if o == j]
+                if not mine:
+                    raise ValueError(f"{site['name']} ({kind}) received no samples: raise alpha or the number of "
+                                     f"{kind} samples, or use fewer {kind} sites")
+                folder = tmp / site["name"]
+                n_val = int(round(len(mine) * val_fraction)) if kind == "segmentation" else 0
+                parts = {("captions" if kind == "caption" else "seg"): mine[n_val:], "val": mine[:n_val]}
+                for sub, items in parts.items():
+                    for start in range(0, len(items), shard_size):
+                        chunk = items[start:start + shard_size]
+                        write_tar(folder / sub / f"shard-{start // shard_size:06d}.tar",
+                                  [m for (_, members), _ in chunk for m in members])
+                counts = Counter(classes[c] if c is not None else "none" for _, c in mine[n_val:])
+                site.update(train=len(mine) - n_val, val=n_val, classes=dict(sorted(counts.items())))
+                atomic_write_bytes(folder / "site.json", json.dumps({"kind": kind}).encode())
+        manifest = {"world": str(world.resolve()), "alpha": alpha, "seed": seed, "val_fraction": val_fraction,
+                    "sites": sites}
+        atomic_write_bytes(tmp / "federation.json", json.dumps(manifest, indent=2).encode())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
