@@ -54,6 +54,10 @@ class TextConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     max_length: int = 77
+    # dropout inside the tower (hidden and attention); None keeps the model's own (BERT: 0.1). A randomly
+    # initialised tower's outputs barely differ between texts at first, and 0.1 dropout noise drowns that
+    # difference: the tiny config trains its random tower with 0.
+    dropout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ValueError(f"config key '{key}' expects an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; the key says it is a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key '{key}' expects a number, got {value!r}")
         return float(value)

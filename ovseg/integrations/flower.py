@@ -227,11 +227,25 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-def make_client_app(extra_mods: Iterable = ()) -> ClientApp:
-    """The site's ClientApp; ``extra_mods`` run inside the privacy guard (tests inject faults with them)."""
+def _with_defaults(context: Context, defaults: dict | None) -> Context:
+    if defaults:
+        context.run_config = {**defaults, **dict(context.run_config)}
+    return context
+
+
+def make_client_app(extra_mods: Iterable = (), run_config: dict | None = None) -> ClientApp:
+    """The site's ClientApp. ``extra_mods`` run inside the privacy guard (tests inject faults with them);
+    ``run_config`` gives defaults under the run's own config (``flwr.simulation.run_simulation`` has none)."""
     app = ClientApp(mods=[privacy_guard_mod, *extra_mods, dp_clipping_mod])
-    app.train()(_train)
-    app.evaluate()(_evaluate)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _train(msg, _with_defaults(context, run_config))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return _evaluate(msg, _with_defaults(context, run_config))
+
     return app
 
 
@@ -442,12 +456,13 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     return {"history": history, "refusals": strategy.refusals}
 
 
-def make_server_app() -> ServerApp:
+def make_server_app(run_config: dict | None = None) -> ServerApp:
+    """The coordinator's ServerApp; ``run_config`` gives defaults under the run's own config."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        run_server(grid, dict(context.run_config))
+        run_server(grid, {**(run_config or {}), **dict(context.run_config)})
 
     return app

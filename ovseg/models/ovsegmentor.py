@@ -46,7 +46,12 @@ class OVSegmentor(nn.Module):
 
     def train(self, mode: bool = True):
         self.text_bank_cache.clear()  # weights may change from here on: cached class embeddings go stale
-        return super().train(mode)
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.text.parameters()):
+            # a frozen tower runs as at inference (no dropout): its text embeddings are fixed targets, and
+            # dropout noise on them only blurs the class prompts the other losses align to
+            self.text.eval()
+        return self
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.text_bank_cache.clear()
@@ -134,3 +139,4 @@ class OVSegmentor(nn.Module):
     def set_text_trainable(self, trainable: bool) -> None:
         """Stage 2 freezes the text encoder; its projector stays trainable (reference section 6)."""
         self.text.requires_grad_(trainable)
+        self.train(self.training)

@@ -93,6 +93,12 @@ class TextTower(nn.Module):
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"text model vocabulary ({model.config.vocab_size}) is smaller than the "
                              f"tokenizer's ({vocab_size}): tokenizer_dir and pretrained_dir do not match")
+        if cfg.dropout is not None:
+            if not 0.0 <= cfg.dropout < 1.0:
+                raise ValueError(f"model.text.dropout must lie in [0, 1), got {cfg.dropout}")
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = cfg.dropout
         self.model = model
         self.width = model.config.hidden_size
 

@@ -1,0 +1,181 @@
+"""A real federation on loopback: SuperLink with TLS and node authentication, a caption site and a segmentation
+site (SuperNodes with their own keys), an unregistered intruder, a real MLflow server, `flwr run clients`.
+
+One federation serves several checks (it is the expensive part): rounds 0..2 reach MLflow, the intruder is
+refused, every message the sites sent carried only parameter arrays and scalar metrics, a restarted
+federation resumes from its last checkpoint, and a SuperNode killed mid-run does not stop the run.
+Every process started here is stopped by its process-group id.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from services import (BIN, REPO, flower_env, flwr, make_certs, start_mlflow, start_superlink, start_supernode, stop,
+                      write_connection)
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _run_config(world: Path, out: Path, **extra) -> str:
+    base = {"fed.rounds": 2, "fed.local_steps": 2, "fed.local_batch": 8, "fed.round_timeout": 120.0,
+            "data.synthetic_dir": str(world), "fed.output_dir": str(out), "eval.max_images": 8,
+            "fed.run_name": "deploy"}
+    base.update(extra)
+    parts = []
+    for k, v in base.items():
+        parts.append(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}")
+    return " ".join(parts)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    from ovseg.data.sites import split_world
+    from ovseg.data.synthetic_world import generate_world
+
+    root = tmp_path_factory.mktemp("fed")
+    world = root / "world"
+    generate_world(world, seed=2, num_train=160, num_val=8, num_seg=80, shard_size=80)
+    split_world(world, root / "sites", ["caption", "segmentation"], alpha=1.0, seed=0, val_fraction=0.1)
+    certs = make_certs(root / "certs", "capsite", "segsite", "intruder")
+    home = root / "flwr"
+    procs: list[subprocess.Popen] = []
+    mlflow_proc, uri = start_mlflow(root)
+    procs.append(mlflow_proc)
+    try:
+        link, address = start_superlink(root, home, certs)
+        procs.append(link)
+        write_connection(home, "local-tls", address, certs / "ca.crt")
+        for site in ("capsite", "segsite"):
+            r = flwr(home, "supernode", "register", str(certs / "sites" / f"{site}.pub"), "local-tls")
+            assert r.returncode == 0 and "registered successfully" in r.stdout, r.stdout + r.stderr
+        nodes = {}
+        for name, site, kind in (("capsite", "site-00", "caption"), ("segsite", "site-01", "segmentation"),
+                                 ("intruder", "site-01", "segmentation")):
+            conf = f'data-path="{root / "sites" / site}" data-kind="{kind}" audit-log="{root / (name + ".audit")}"'
+            nodes[name] = start_supernode(root, home, name, address, conf, certs, certs / "sites" / f"{name}.key")
+            procs.append(nodes[name])
+        _wait_online(home, 2)
+        t0 = time.time()
+        run = flwr(home, "run", "clients", "local-tls", "--stream", "--run-config",
+                   _run_config(world, root / "runs"), timeout=600, cwd=REPO)
+        yield {"root": root, "home": home, "uri": uri, "run": run, "nodes": nodes, "world": world, "certs": certs,
+               "address": address, "seconds": time.time() - t0, "procs": procs}
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+
+def _wait_online(home: Path, n: int, timeout: float = 90) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = flwr(home, "supernode", "list", "local-tls", "--format", "json")
+        if r.returncode == 0:
+            nodes = json.loads(r.stdout).get("nodes", [])
+            online = [x for x in nodes if x.get("status") == "online"]
+            if len(online) >= n:
+                return online
+        time.sleep(1)
+    raise TimeoutError(f"fewer than {n} SuperNodes came online: {r.stdout} {r.stderr}")
+
+
+def _history(uri: str, run_name: str = "deploy", key: str = "zeroshot/synthetic/miou"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ovseg-federated")
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = '{run_name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0], sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
+
+
+def test_two_rounds_reach_mlflow_with_every_round_scored(federation):
+    run = federation["run"]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    client, mlrun, hist = _history(federation["uri"])
+    assert [s for s, _ in hist] == [0, 1, 2]
+    assert all(0.0 <= v <= 1.0 for _, v in hist)
+    rid = mlrun.info.run_id
+    accepted = [m.value for m in client.get_metric_history(rid, "fed/sites_accepted")]
+    assert accepted == [2.0, 2.0]  # both sites' updates entered both rounds
+    sent = client.get_metric_history(rid, "fed/bytes_received")
+    assert all(m.value > 1e6 for m in sent)
+    assert mlrun.data.params["fed.strategy"] == "fedavg"
+    ckpts = sorted(p.name for p in (federation["root"] / "runs" / "deploy").glob("round-*.safetensors"))
+    assert ckpts == ["round-0000.safetensors", "round-0001.safetensors", "round-0002.safetensors"]
+    artifacts = [a.path for a in client.list_artifacts(rid, "checkpoint")]
+    assert artifacts == ["checkpoint/round-0002.safetensors"]
+
+
+def test_unregistered_supernode_is_refused(federation):
+    log = (federation["root"] / "intruder.log").read_text()
+    assert "Failed to activate SuperNode" in log
+    superlink = (federation["root"] / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in superlink
+    assert not (federation["root"] / "intruder.audit").exists()  # it never ran a round
+    r = flwr(federation["home"], "supernode", "list", "local-tls", "--format", "json")
+    assert len(json.loads(r.stdout)["nodes"]) == 2
+
+
+def test_sites_send_only_parameter_arrays_and_scalar_metrics(federation):
+    from ovseg.config import load_config
+    from ovseg.federated import build_site_model, exchange_keys
+
+    model, cfg = build_site_model(load_config("tiny"))
+    allowed = set(exchange_keys(model, cfg))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    entries = []
+    for site in ("capsite", "segsite"):
+        lines = (federation["root"] / f"{site}.audit").read_text().splitlines()
+        entries += [json.loads(x) for x in lines]
+        types = sorted(json.loads(x)["message_type"] for x in lines)
+        assert types == ["evaluate", "evaluate", "train", "train"], types
+    for e in entries:
+        assert not e["error"]
+        for name, rec in e["records"].items():
+            assert rec["kind"] in ("arrays", "metrics"), (name, rec["kind"])
+            if rec["kind"] == "arrays":
+                assert set(rec["arrays"]) == allowed  # the trainable tensors, nothing else, no text tower
+                for k, a in rec["arrays"].items():
+                    assert a["dtype"] == "float32" and a["shape"] == shapes[k]
+            else:
+                assert all(t in ("float", "int") for t in rec["values"].values()), rec["values"]
+
+
+def test_restarted_federation_resumes_from_its_last_round(federation):
+    root = federation["root"]
+    run = flwr(federation["home"], "run", "clients", "local-tls", "--stream", "--run-config",
+               _run_config(federation["world"], root / "runs", **{"fed.rounds": 3}), timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "resuming from" in run.stdout and "round-0002" in run.stdout
+    _, _, hist = _history(federation["uri"])
+    assert [s for s, _ in hist] == [0, 1, 2, 3]  # round 3 added; rounds 0-2 not re-run or re-logged
+    assert (root / "runs" / "deploy" / "round-0003.safetensors").is_file()
+
+
+def test_killed_supernode_does_not_stop_the_federation(federation):
+    root, home = federation["root"], federation["home"]
+    cfg = _run_config(federation["world"], root / "runs", **{"fed.run_name": "survivor", "fed.min_sites": 1,
+                                                            "fed.round_timeout": 60.0})
+    log_path = root / "survivor.out"
+    proc = subprocess.Popen([str(BIN / "flwr"), "run", "clients", "local-tls", "--stream", "--run-config", cfg],
+                            env=flower_env(home), cwd=REPO, start_new_session=True,
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while "round 0: zero-shot" not in log_path.read_text():
+            assert time.time() < deadline and proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        stop(federation["nodes"]["segsite"])  # the segmentation site goes away while the run is live
+        proc.wait(timeout=600)
+    finally:
+        stop(proc)
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    _, _, hist = _history(federation["uri"], "survivor")
+    assert [s for s, _ in hist] == [0, 1, 2]
