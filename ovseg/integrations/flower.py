@@ -127,8 +127,8 @@ def _site_of(context: Context, cfg: Config) -> tuple[Site, str | None]:
     raise ValueError("this SuperNode has no data-path in its --node-config (data-path=/site data-kind=caption)")
 
 
-def _client_model(msg: Message, context: Context):
-    cfg = config_from_run(dict(context.run_config))
+def _client_model(msg: Message, context: Context, run_config: dict):
+    cfg = config_from_run(run_config)
     site, base = _site_of(context, cfg)
     model, cfg = build_site_model(cfg, base or cfg.fed.init_checkpoint)
     keys = exchange_keys(model, cfg)
@@ -140,8 +140,8 @@ def _client_model(msg: Message, context: Context):
     return model, cfg, site, keys
 
 
-def _train(msg: Message, context: Context) -> Message:
-    model, cfg, site, keys = _client_model(msg, context)
+def _train(msg: Message, context: Context, run_config: dict) -> Message:
+    model, cfg, site, keys = _client_model(msg, context, run_config)
     conf = msg.content[CONFIG]
     rnd = int(conf.get("server-round", 0))
     mu = float(conf.get("proximal-mu", cfg.fed.proximal_mu))
@@ -156,8 +156,8 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _evaluate(msg: Message, context: Context) -> Message:
-    model, cfg, site, _ = _client_model(msg, context)
+def _evaluate(msg: Message, context: Context, run_config: dict) -> Message:
+    model, cfg, site, _ = _client_model(msg, context, run_config)
     result = site_evaluate(model, cfg, site)
     metrics = {"num-examples": 0.0, "site-miou": 0.0}  # the same keys from every site (Flower checks)
     if result is not None:
@@ -227,12 +227,6 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-def _with_defaults(context: Context, defaults: dict | None) -> Context:
-    if defaults:
-        context.run_config = {**defaults, **dict(context.run_config)}
-    return context
-
-
 def make_client_app(extra_mods: Iterable = (), run_config: dict | None = None) -> ClientApp:
     """The site's ClientApp. ``extra_mods`` run inside the privacy guard (tests inject faults with them);
     ``run_config`` gives defaults under the run's own config (``flwr.simulation.run_simulation`` has none)."""
@@ -240,11 +234,11 @@ def make_client_app(extra_mods: Iterable = (), run_config: dict | None = None) -
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return _train(msg, _with_defaults(context, run_config))
+        return _train(msg, context, {**(run_config or {}), **dict(context.run_config)})
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return _evaluate(msg, _with_defaults(context, run_config))
+        return _evaluate(msg, context, {**(run_config or {}), **dict(context.run_config)})
 
     return app
 
