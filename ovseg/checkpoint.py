@@ -103,6 +103,34 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, extra: dict[str, to
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, a folder holding one, or a run folder (``<train.output_dir>/<run>``, where Ray Train
+    keeps ``checkpoint_*/checkpoint.safetensors``) -> the file; in a run folder, the one with the highest step."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    own = path / "checkpoint.safetensors"
+    if own.is_file():
+        return own
+    found = sorted(path.glob("checkpoint_*/checkpoint.safetensors")) or sorted(path.glob("*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"{path} is a folder with no checkpoint (looked for checkpoint.safetensors, "
+                                "checkpoint_*/checkpoint.safetensors and *.safetensors)")
+    return max(found, key=lambda p: (_stored_step(p), str(p)))
+
+
+def _stored_step(path: Path) -> int:
+    """The step in a checkpoint's header, without reading its tensors (-1 if it is not an ovseg checkpoint)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["step"]) if meta.get("format") == FORMAT else -1
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return -1
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """-> (model, config): the model rebuilt from the stored config, weights loaded strictly."""
     from .models import build_model
@@ -117,4 +145,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
                          f"unexpected {unexpected[:5]}")
     model.checkpoint_step = ckpt.step
     model.checkpoint_metrics = ckpt.metrics
+    model.checkpoint_state = ckpt.state
     return model.to(map_location), ckpt.config

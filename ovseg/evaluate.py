@@ -7,6 +7,7 @@ Returns the confusion matrix (mergeable), the per-class table and a few overlay 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> Image.Ima
 
 @torch.no_grad()
 def evaluate(model, bench, *, max_images: int | None = None, num_overlays: int = 0,
-             bg_thresh: float | None = None, **protocol) -> EvalResult:
-    """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it."""
+             bg_thresh: float | None = None, on_image: Callable[[int], None] | None = None,
+             **protocol) -> EvalResult:
+    """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it.
+
+    ``on_image(i)`` is called after image ``i`` is scored (progress bars).
+    """
     names = list(bench.class_names)
     thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
     cm = ConfusionMatrix(len(names), IGNORE)
@@ -91,10 +96,22 @@ def evaluate(model, bench, *, max_images: int | None = None, num_overlays: int =
             cm.update(pred, label)
             if len(overlays) < num_overlays:
                 overlays.append(overlay(image, label, pred))
+            if on_image is not None:
+                on_image(i)
     finally:
         if was_training:
             model.train()
     return EvalResult(getattr(bench, "name", "dataset"), names, cm, n, overlays)
+
+
+def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
+    """One line naming the protocol ``evaluate`` applies to ``bench`` with ``eval_cfg`` (an ``EvalConfig``)."""
+    thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
+    has_bg = bool(bench.class_names) and bench.class_names[0].strip().lower() == "background"
+    bg = f"background below min({thr}, best group score)" if has_bg else "no background class"
+    return (f"GroupViT/OVSegmentor zero-shot protocol: short side {eval_cfg.short_side}, window {eval_cfg.crop_size} "
+            f"stride {eval_cfg.stride}, prompts {list(eval_cfg.templates)}, top-{eval_cfg.top_k} image-level class "
+            f"filter, {bg}; {len(bench.class_names)} classes")
 
 
 def parse_eval_sets(specs, default_root: str | Path | None = None):

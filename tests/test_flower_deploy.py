@@ -52,13 +52,13 @@ def federation(tmp_path_factory):
         procs.append(link)
         write_connection(home, "local-tls", address, certs / "ca.crt")
         for site in ("capsite", "segsite"):
-            r = flwr(home, "supernode", "register", str(certs / "sites" / f"{site}.pub"), "local-tls")
+            r = flwr(home, "supernode", "register", str(certs / f"{site}.pub"), "local-tls")
             assert r.returncode == 0 and "registered successfully" in r.stdout, r.stdout + r.stderr
         nodes = {}
         for name, site, kind in (("capsite", "site-00", "caption"), ("segsite", "site-01", "segmentation"),
                                  ("intruder", "site-01", "segmentation")):
             conf = f'data-path="{root / "sites" / site}" data-kind="{kind}" audit-log="{root / (name + ".audit")}"'
-            nodes[name] = start_supernode(root, home, name, address, conf, certs, certs / "sites" / f"{name}.key")
+            nodes[name] = start_supernode(root, home, name, address, conf, certs, certs / f"{name}.key")
             procs.append(nodes[name])
         _wait_online(home, 2)
         t0 = time.time()

@@ -1,0 +1,127 @@
+"""Zero-shot mIoU of a checkpoint on segmentation benchmarks, with per-class IoU, optionally tracked in MLflow.
+
+    python platform/evaluate.py runs/tiny-20261101-120000 --dataset synthetic    # a run folder: its newest checkpoint
+    python platform/evaluate.py ckpt.safetensors --dataset voc=/data/VOCdevkit --dataset context60=/data/VOCdevkit \\
+        --dataset coco_object=/data --dataset ade20k=/data --device cuda
+    MLFLOW_TRACKING_URI=http://mlflow:5000 python platform/evaluate.py ckpt.safetensors   # the config's eval.datasets
+
+The protocol (short side, window, stride, prompt templates, top-k filter, background threshold) is the one
+stored in the checkpoint's config (``eval.*``), so the numbers equal what the pretraining run logged; dotted
+``eval.*`` overrides change it (``eval.short_side=448``). A bare ``synthetic`` is the synthetic world the run
+trained on. Datasets: voc, voc20, context60, context59, coco_object, ade20k, synthetic (``name=PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs (see pretrain.py)
+
+import argparse
+import json
+import sys
+
+
+def _benchmarks(specs, cfg):
+    from ovseg.data.benchmarks import build_benchmark
+    from ovseg.trainer import ensure_synthetic_world, synthetic_root
+
+    out = []
+    for spec in specs:
+        name, sep, root = (s.strip() for s in spec.partition("="))
+        if not sep:
+            if name != "synthetic":
+                raise ValueError(f"--dataset {spec}: give the data folder as {name}=/path (only synthetic has a default)")
+            world = synthetic_root(cfg)
+            if not (world / "val").is_dir():
+                if cfg.data.synthetic_dir:
+                    raise FileNotFoundError(f"--dataset synthetic: the checkpoint's world {world} is not on this "
+                                            "machine; give its val folder as synthetic=PATH")
+                world = ensure_synthetic_world(cfg)  # the default world is deterministic for its seed and sizes
+            root = str(world / "val")
+        out.append(build_benchmark(name, root))
+    return out
+
+
+def _table(res) -> str:
+    iou, gt, pred = res.confusion.iou(), res.confusion.matrix.sum(1), res.confusion.matrix.sum(0)
+    width = max(8, *(len(n) for n in res.class_names))
+    rows = [f"  {'class':{width}s} {'IoU':>7s} {'gt px':>12s} {'pred px':>12s}"]
+    rows += [f"  {n:{width}s} {'-' if v != v else f'{v:.4f}':>7s} {g:12d} {p:12d}"
+             for n, v, g, p in zip(res.class_names, iou, gt, pred)]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
+    p.add_argument("--dataset", action="append", default=None, metavar="NAME[=PATH]",
+                   help="repeatable; default: the checkpoint config's eval.datasets")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--max-images", type=int, default=None, help="first N images per dataset (default: eval.max_images)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI; unset: no logging)")
+    p.add_argument("--experiment", default="ovseg-eval")
+    p.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    p.add_argument("overrides", nargs="*", help="eval.key=value")
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
+    bad = [o for o in args.overrides if not o.partition("=")[0].strip().startswith("eval.")]
+    if bad:
+        p.error(f"only eval.* keys can be overridden (the model comes from the checkpoint): {bad}")
+
+    import torch
+    from tqdm import tqdm
+
+    from ovseg.checkpoint import find_checkpoint, load_checkpoint
+    from ovseg.config import Config, flatten, from_dict, merge_dicts, parse_overrides, to_dict
+    from ovseg.data.shardio import atomic_write_bytes
+    from ovseg.evaluate import describe_protocol, evaluate
+    from ovseg.tracking import MlflowTracker, NullTracker
+
+    try:
+        path = find_checkpoint(args.checkpoint)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, cfg = load_checkpoint(path, map_location=device)
+        cfg = from_dict(Config, merge_dicts(to_dict(cfg), parse_overrides(args.overrides)))
+        model.config = cfg  # segment() reads the protocol from here
+        benches = _benchmarks(args.dataset or cfg.eval.datasets, cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    step, state = model.checkpoint_step, model.checkpoint_state
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    tracker = NullTracker()
+    if uri:
+        tags = {"ovseg.checkpoint": str(path.resolve()), "ovseg.config": cfg.name,
+                "ovseg.training_run_id": str(state.get("mlflow_run_id") or "")}
+        tracker = MlflowTracker(args.experiment, run_name=f"eval-{path.parent.name}-step{step}", tracking_uri=uri,
+                                tags=tags)
+        tracker.log_params({"checkpoint": str(path.resolve()), "checkpoint_step": step, "device": str(device),
+                            **{k: v for k, v in flatten(cfg).items() if k.startswith(("eval.", "model."))}})
+    print(f"[ovseg] checkpoint {path} (step {step}, config {cfg.name}) on {device}", flush=True)
+    metrics = {}
+    max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
+    for bench in benches:
+        n = len(bench) if max_images is None else min(len(bench), max_images)
+        print(f"[ovseg] {bench.name}: {describe_protocol(cfg.eval, bench, cfg.eval.bg_thresh)}", flush=True)
+        with tqdm(total=n, desc=bench.name, unit="img", file=sys.stderr, mininterval=2.0) as bar:
+            res = evaluate(model, bench, max_images=max_images, num_overlays=cfg.eval.num_overlays,
+                           bg_thresh=cfg.eval.bg_thresh, on_image=lambda i: bar.update(1))
+        metrics.update(res.metrics())
+        tracker.log_text(res.table(), f"eval/{res.name}/iou.csv")
+        for i, img in enumerate(res.overlays):
+            tracker.log_image(img, f"eval/{res.name}/overlay_{i}.png")
+        print(_table(res))
+        print(f"zero-shot {res.name} mIoU {res.miou:.4f} ({res.num_images} images)", flush=True)
+    tracker.log_metrics(metrics, step)
+    tracker.close()
+    if args.output:
+        atomic_write_bytes(args.output, json.dumps({"checkpoint": str(path), "step": step, "metrics": metrics},
+                                                   indent=1).encode())
+    if uri and not tracker.enabled:
+        print(f"error: the results above were not logged to MLflow at {uri}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

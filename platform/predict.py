@@ -1,0 +1,109 @@
+"""Segment images into any class names with a trained checkpoint: a label-map PNG and an overlay per image.
+
+    python platform/predict.py runs/tiny-20261101-120000 photo.jpg street.png --classes "cat,dog,sky" --out preds
+    python platform/predict.py ckpt.safetensors img.jpg --classes "road,car,tree,sky" --no-background --device cuda
+
+For ``photo.jpg`` it writes ``preds/photo.label.png`` (a palette PNG of the input's size whose pixel values are
+class indices: 0 = background, then the classes in the order given) and ``preds/photo.overlay.png`` (the image
+blended with the class colours, with a legend). ``--background`` (the default) adds a background class by the
+protocol's threshold (``--bg-thresh``, default the checkpoint's eval.bg_thresh, else 0.95); ``--no-background``
+labels every pixel with one of the given classes. An image that cannot be read is reported by name and
+skipped; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared CPUs (see pretrain.py)
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _class_names(text: str, background: bool) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if background and names and names[0].lower() == "background":
+        names = names[1:]
+    if not names:
+        raise ValueError(f"--classes {text!r} names no class")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"--classes names {dupes} more than once")
+    names = ["background", *names] if background else names
+    if len(names) > 255:
+        raise ValueError(f"{len(names)} classes do not fit a palette PNG (at most 255)")
+    return names
+
+
+def _read_rgb(path: Path):
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # the orientation a viewer shows
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,sky"')
+    p.add_argument("--out", default="predictions", help="output folder (created)")
+    p.add_argument("--background", action=argparse.BooleanOptionalAction, default=True,
+                   help="add a thresholded background class (default: on)")
+    p.add_argument("--bg-thresh", type=float, default=None)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from ovseg.checkpoint import find_checkpoint, load_checkpoint
+    from ovseg.data.shardio import atomic_write_bytes
+    from ovseg.segment import segment
+    from ovseg.visualize import label_image, overlay_with_legend, png_bytes
+
+    try:
+        names = _class_names(args.classes, args.background)
+        path = find_checkpoint(args.checkpoint)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, cfg = load_checkpoint(path, map_location=device)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[ovseg] checkpoint {path} (step {model.checkpoint_step}) on {device}; classes {names}", flush=True)
+    out, used, failed = Path(args.out), set(), 0
+    for image_path in map(Path, args.images):
+        try:
+            rgb = _read_rgb(image_path)
+        except ValueError as e:
+            print(f"error: {image_path}: {e}; skipped", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        labels = segment(model, rgb, names, background=args.background, bg_thresh=args.bg_thresh)
+        stem, k = image_path.stem, 1
+        while stem in used:  # two inputs with the same name from different folders
+            stem, k = f"{image_path.stem}-{k}", k + 1
+        used.add(stem)
+        label_file, overlay_file = out / f"{stem}.label.png", out / f"{stem}.overlay.png"
+        atomic_write_bytes(label_file, png_bytes(label_image(labels)))
+        atomic_write_bytes(overlay_file, png_bytes(overlay_with_legend(rgb, labels, names, args.alpha)))
+        shares = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
+        top = ", ".join(f"{names[i]} {shares[i]:.0%}" for i in np.argsort(-shares)[:4] if shares[i] > 0)
+        print(f"{image_path} -> {label_file}, {overlay_file} ({top})", flush=True)
+    if failed:
+        print(f"error: {failed} of {len(args.images)} image(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
