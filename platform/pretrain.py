@@ -1,7 +1,7 @@
 """Pretrain an OVSegmentor model on Ray Train, tracked in MLflow: the project's main job.
 
     python platform/pretrain.py                                   # embedded default: tiny model, synthetic world
-    python platform/pretrain.py --config vit-b16-cc4m data.train=[/data/cc4m/{00000..01242}.tar] \\
+    python platform/pretrain.py --config vit-b16-cc4m data.train=/data/cc4m/{00000..01242}.tar \\
         eval.datasets=[voc=/data/VOCdevkit,context60=/data/VOCdevkit,coco_object=/data,ade20k=/data]
     ray job submit --working-dir . -- python platform/pretrain.py --config tiny train.run_name=demo
     python platform/pretrain.py --resume train.run_name=demo     # continue from the latest checkpoint

@@ -421,3 +421,61 @@ def test_dp_strategy_wraps_with_an_accountant():
     s = build_strategy(cfg)
     assert type(s).__name__ == "DifferentialPrivacyServerSideFixedClipping"
     assert s.accountant is not None and math.isclose(s.clipping_norm, 0.5)
+
+
+class _Grid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def test_dp_round_clips_adds_noise_and_logs_the_privacy_budget():
+    from flwr.app import ConfigRecord
+
+    from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # messages need an identity
+    cfg = load_config("tiny", ["fed.dp.noise_multiplier=0.5", "fed.dp.clipping_norm=1.0", "fed.min_sites=2",
+                               "fed.fraction_evaluate=0"])
+    ref = {"w": torch.zeros(1000)}
+    tracker = _Tracker()
+    guard = GuardedStrategy(build_strategy(cfg), cfg, ["w"], tracker)
+    msgs = list(guard.configure_train(1, to_record(ref), ConfigRecord({}), _Grid([11, 12])))
+    assert len(msgs) == 2
+    big = {"w": torch.full((1000,), 3.0)}  # norm 94.9: clipped to 1.0 before averaging
+    arrays, _ = guard.aggregate_train(1, _messages(ref, {11: (big, 8), 12: (big, 8)}))
+    w = record_to_tensors(arrays)["w"]
+    # mean of two clipped updates = the clipped update (norm 1, each value 1/sqrt(1000)); Gaussian noise of
+    # std noise_multiplier * clip / 2 sites = 0.25 per value on top
+    assert abs(w.mean().item() - 1 / math.sqrt(1000)) < 0.05
+    assert 0.2 < w.std().item() < 0.3
+    eps = [m["dp/epsilon"] for _, m in tracker.metrics if "dp/epsilon" in m]
+    assert len(eps) == 1 and eps[0] > 0
+    msgs = list(guard.configure_train(2, arrays, ConfigRecord({}), _Grid([11, 12])))
+    guard.aggregate_train(2, _messages(ref, {11: (big, 8), 12: (big, 8)}))
+    eps2 = [m["dp/epsilon"] for _, m in tracker.metrics if "dp/epsilon" in m]
+    assert eps2[1] > eps2[0]  # the budget spent grows round by round
+
+
+def test_make_sites_and_simulate_commands(world, tmp_path):
+    import subprocess
+    import sys
+
+    from services import REPO, env
+
+    out = subprocess.run([sys.executable, str(REPO / "platform" / "make_sites.py"), "--out", str(tmp_path / "s"),
+                          "--world", str(world), "--kinds", "caption,segmentation", "--alpha", "2"],
+                         capture_output=True, text=True, env=env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "site-00: caption" in out.stdout and "site-01: segmentation" in out.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "platform" / "make_sites.py"), "--out", str(tmp_path / "t"),
+                          "--world", str(world), "--kinds", "caption,images"], capture_output=True, text=True,
+                         env=env(), timeout=120)
+    assert bad.returncode == 2 and "site kinds" in bad.stderr
+    sim = subprocess.run([sys.executable, str(REPO / "platform" / "simulate.py"), "--help"], capture_output=True,
+                         text=True, env=env(), timeout=120)
+    assert sim.returncode == 0 and "virtual partner sites" in sim.stdout
