@@ -479,3 +479,36 @@ def test_make_sites_and_simulate_commands(world, tmp_path):
     sim = subprocess.run([sys.executable, str(REPO / "platform" / "simulate.py"), "--help"], capture_output=True,
                          text=True, env=env(), timeout=120)
     assert sim.returncode == 0 and "virtual partner sites" in sim.stdout
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "fedadam", "fedprox"])
+def test_each_strategy_aggregates_only_the_accepted_updates(strategy):
+    from flwr.app import ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    cfg = load_config("tiny", [f"fed.strategy={strategy}", "fed.min_sites=5", "fed.trim_beta=0.25",
+                               "fed.server_lr=0.1", "fed.proximal_mu=0.01"])
+    ref = {"w": torch.zeros(4)}
+    values = [1.0, 2.0, 4.0, 8.0]
+    ups = {10 + i: ({"w": torch.full((4,), v)}, 1) for i, v in enumerate(values)}
+    ups[20] = ({"w": torch.full((4,), float("inf"))}, 1)  # refused: it must not move the median or the mean
+    guard = GuardedStrategy(build_strategy(cfg), cfg, ["w"], _Tracker())
+    msgs = list(guard.configure_train(1, to_record(ref), ConfigRecord({}), _Grid(list(ups))))
+    if strategy == "fedprox":
+        assert all(m.content["config"]["proximal-mu"] == 0.01 for m in msgs)
+    arrays, _ = guard.aggregate_train(1, _messages(ref, ups))
+    w = record_to_tensors(arrays)["w"]
+    expect = {
+        "fedmedian": np.median(values),                  # 3.0
+        "fedtrimmedavg": np.mean(sorted(values)[1:-1]),  # cut one of four at each end: 3.0
+        "fedprox": np.mean(values),                      # FedAvg on the server: 3.75
+        # FedAdam, first round, by hand: delta = 3.75, m = 0.1 * delta, v = 0.01 * delta^2, and Flower's
+        # bias-corrected step eta * sqrt(1 - 0.99^t) / (1 - 0.9^t) with t = round + 1 = 2:
+        # w = 0 + eta_t * m / (sqrt(v) + tau)
+        "fedadam": 0.1 * math.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2) * 0.375 / (0.375 + 1e-3),
+    }[strategy]
+    assert torch.allclose(w, torch.full((4,), float(expect)), atol=1e-5), (strategy, w)
+    assert [r["node"] for r in guard.refusals] == [20]

@@ -102,11 +102,18 @@ def from_record(record: ArrayRecord) -> tuple[dict[str, np.ndarray], dict[str, s
 
 
 def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Decode a record (float32 or bfloat16 wire) to float32 tensors."""
+    """Decode a record to float32 tensors: bfloat16 wire arrays, or any floating-point numpy dtype (server
+    strategies such as FedAdam aggregate in float64). Site updates are checked strictly by ``check_update``."""
     from ..federated import decode_tensor
 
     arrays, dtypes = from_record(record)
-    return {k: torch.from_numpy(np.array(decode_tensor(a, dtypes[k]), dtype=np.float32)) for k, a in arrays.items()}
+    out = {}
+    for k, a in arrays.items():
+        if dtypes[k] != BF16_WIRE and a.dtype.kind == "f":
+            out[k] = torch.from_numpy(np.array(a, dtype=np.float32))  # keeps 0-d arrays 0-d
+        else:
+            out[k] = torch.from_numpy(np.array(decode_tensor(a, dtypes[k]), dtype=np.float32))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- client
