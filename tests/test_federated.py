@@ -512,3 +512,29 @@ def test_each_strategy_aggregates_only_the_accepted_updates(strategy):
     }[strategy]
     assert torch.allclose(w, torch.full((4,), float(expect)), atol=1e-5), (strategy, w)
     assert [r["node"] for r in guard.refusals] == [20]
+
+
+def test_privacy_guard_keeps_error_texts_and_forbidden_records_at_the_site(tmp_path):
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from ovseg.integrations.flower import privacy_guard_mod
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    msg = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=3, message_type="train")
+    audit = tmp_path / "audit.jsonl"
+    ctx = Context(run_id=1, node_id=3, node_config={"audit-log": str(audit)}, state=RecordDict(), run_config={})
+
+    def fails(m, c):
+        raise FileNotFoundError("/data/hospital-a/patient-0042.tar is damaged")
+
+    def leaks(m, c):
+        return Message(RecordDict({"arrays": ArrayRecord({"img": Array(np.zeros((2, 2, 3), np.uint8))})}),
+                       reply_to=m)
+
+    for handler, word in ((fails, "FileNotFoundError"), (leaks, "privacy guard")):
+        reply = privacy_guard_mod(msg, ctx, handler)
+        assert reply.has_error() and word in reply.error.reason
+        assert "patient" not in reply.error.reason and "hospital" not in reply.error.reason
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert [x["error"] for x in lines] == [True, True] and all(x["records"] == {} for x in lines)

@@ -34,6 +34,7 @@ import torch
 import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
@@ -206,14 +207,22 @@ def privacy_violations(content: RecordDict) -> list[str]:
 
 
 def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
-    """Outermost client mod: refuse to send anything but parameter arrays and scalar metrics; optionally
+    """Outermost client mod: refuse to send anything but parameter arrays and scalar metrics, and keep error
+    texts (which may name files, keys or captions) at the site, sending only the exception's type; optionally
     append a description of every outgoing message to the node's ``audit-log`` file."""
-    reply = call_next(msg, context)
+    try:
+        reply = call_next(msg, context)
+    except Exception as e:  # noqa: BLE001 - an error text may name the site's files: it stays in the site's log
+        log.exception("the site's %s action failed", msg.metadata.message_type)
+        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                              reason=f"the site failed with {type(e).__name__}; details stay in the site's log"),
+                        reply_to=msg)
     if not reply.has_error():
         bad = privacy_violations(reply.content)
         if bad:
             log.error("privacy guard: refusing to send %s", bad)
-            reply = Message(Error(code=0, reason=f"privacy guard refused the reply: {bad[:3]}"), reply_to=msg)
+            reply = Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION,
+                                  reason="privacy guard refused the reply (see the site's log)"), reply_to=msg)
     audit = context.node_config.get("audit-log")
     if audit:
         entry = {"message_type": reply.metadata.message_type, "error": reply.has_error(),
