@@ -53,7 +53,8 @@ THRESHOLDS = [0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.07, 0.1,
 # ------------------------------------------------------------------------------------------------ data
 def render_split(world_seed: int, split: str, n: int, cfg: SyntheticConfig) -> dict:
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{split}_s{world_seed}_n{n}_{cfg.image_size}.npz"
+    bg = "" if cfg.background == "cluttered" else f"_{cfg.background}"
+    path = CACHE / f"{split}_s{world_seed}_n{n}_{cfg.image_size}{bg}.npz"
     if path.exists():
         d = np.load(path, allow_pickle=True)
         return {k: d[k] for k in d.files}
@@ -217,6 +218,7 @@ def main(argv=None):
     p.add_argument("--nval", type=int, default=500)
     p.add_argument("--ndev", type=int, default=300)
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--background", default="cluttered", help="synthetic world background: cluttered | smooth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="")
@@ -228,7 +230,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    wcfg = SyntheticConfig()
+    wcfg = SyntheticConfig(background=args.background)
     class_names = ["background", *DEFAULT_CLASSES]
     C = len(class_names)
 

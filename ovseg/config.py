@@ -36,6 +36,10 @@ class VisionConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.1
     patch_norm: bool = False
+    # "patch": ViT's linear patch embedding (the paper). "conv": a convolutional stem (3x3 stride-2 conv +
+    # BatchNorm + ReLU, log2(patch_size) times, then a 1x1 projection; Xiao et al. 2021, "Early convolutions
+    # help transformers see better") that yields the same token grid. For small models trained from scratch.
+    stem: str = "patch"
     hard_assignment: bool = True  # Gumbel-softmax hard assignment (straight-through) in training
     gumbel_tau: float = 1.0
     assign_eps: float = 1.0  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
@@ -112,6 +116,7 @@ class DataConfig:
     synthetic_train: int = 20000
     synthetic_val: int = 500
     synthetic_seg: int = 2000
+    synthetic_background: str = "cluttered"  # or "smooth" (no pixel noise, no lines): ovseg.data.synthetic
     loader_workers: int = 2  # DataLoader processes per training worker
     shuffle_buffer: int = 2000
     epoch_length: int | None = None  # batches per epoch per rank; default: synthetic_train / global batch

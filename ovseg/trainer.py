@@ -56,6 +56,8 @@ def synthetic_root(cfg: Config) -> Path:
         return Path(d.synthetic_dir).expanduser()
     size = cfg.model.vision.img_size
     name = f"seed{d.synthetic_seed}-{size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
+    if d.synthetic_background != "cluttered":
+        name += f"-{d.synthetic_background}"
     return Path.home() / ".cache" / "ovseg" / "synthetic" / name
 
 
@@ -70,7 +72,8 @@ def ensure_synthetic_world(cfg: Config) -> Path:
         root.parent.mkdir(parents=True, exist_ok=True)
         d = cfg.data
         generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
-                       num_seg=d.synthetic_seg, config=SyntheticConfig(image_size=cfg.model.vision.img_size),
+                       num_seg=d.synthetic_seg,
+                       config=SyntheticConfig(image_size=cfg.model.vision.img_size, background=d.synthetic_background),
                        num_workers=2, overwrite=root.exists())
     return root
 

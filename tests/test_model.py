@@ -161,3 +161,20 @@ def test_class_prompt_path_gives_group_class_logits(tiny_model):
     expected = out["logit_scale"] * torch.einsum("bge,ce->bgc", out["group_emb"], out["class_emb"])
     assert torch.allclose(out["group_class_logits"], expected, atol=1e-5)
     assert out["assign"].shape == (2, 8, 8, 8)
+
+
+def test_conv_stem_gives_the_patch_grid_and_drops_partial_patches():
+    from ovseg.models.vision import ConvStem
+    cfg = load_config("tiny", ["model.vision.stem=conv"]).model.vision
+    tower = GroupViT(cfg).eval()
+    assert isinstance(tower.patch_embed, ConvStem)
+    out = tower(torch.randn(2, 3, 64, 64))
+    assert out.grid == (8, 8) and out.tokens.shape == (2, 8, 128)
+    # like the patch embedding, pixels beyond the last full patch are dropped: 70 x 77 px -> an 8 x 9 grid
+    x = torch.randn(1, 3, 70, 77)
+    tokens = tower.patch_embed(x)
+    assert tokens.shape == (1, 72, 128)
+    assert torch.equal(tokens, tower.patch_embed(x[..., :64, :72]))
+    assert tower(torch.randn(1, 3, 96, 64)).grid == (12, 8)
+    with pytest.raises(ValueError, match="stem"):
+        GroupViT(load_config("tiny", ["model.vision.stem=cnn"]).model.vision)

@@ -184,3 +184,18 @@ def test_project_entity_matcher_reads_the_mentioned_classes():
     for i in range(200):
         scene = render_scene(cfg, 9, "train", i)
         assert set(matcher.entities(scene.caption)) == {cfg.classes[c] for c in scene.mentioned}, scene.caption
+
+
+def test_smooth_background_has_no_noise_or_lines():
+    from ovseg.data.synthetic import SyntheticConfig
+    smooth = SyntheticConfig(background="smooth")
+
+    def roughness(scene):  # mean absolute difference of horizontally neighbouring background pixels
+        bg = scene.label == 0
+        return np.abs(np.diff(scene.image.astype(int), axis=1))[bg[:, 1:] & bg[:, :-1]].mean()
+
+    rough = [roughness(render_scene(CFG, 5, "train", i)) for i in range(20)]
+    calm = [roughness(render_scene(smooth, 5, "train", i)) for i in range(20)]
+    assert np.mean(calm) < 0.5 * np.mean(rough)
+    with pytest.raises(ValueError, match="background"):
+        SyntheticConfig(background="plain")

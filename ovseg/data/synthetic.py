@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovseg.data.synthetic_shapes import (CLASS_STYLES, SHAPES, TEXTURES, cluttered_background, local_frame,
-                                         random_colour_pair)
+from ovseg.data.synthetic_shapes import (BACKGROUNDS, CLASS_STYLES, SHAPES, TEXTURES, cluttered_background,
+                                         local_frame, random_colour_pair)
 
 DEFAULT_CLASSES = ("cat", "dog", "car", "bird", "boat", "bicycle", "sofa", "clock", "umbrella", "house")
 # CC4M syn_dict surface forms (reference/ovsegmentor.md §5.1) for the classes the world can draw.
@@ -60,6 +60,7 @@ class SyntheticConfig:
     p_unmentioned: float = 0.15
     p_synonym: float = 0.3
     jpeg_quality: int = 95
+    background: str = "cluttered"  # "smooth": colour fields and soft blobs only, no pixel noise or lines
 
     def __post_init__(self):
         unknown = [c for c in self.classes if c not in CLASS_STYLES]
@@ -71,6 +72,8 @@ class SyntheticConfig:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if not 0 < self.min_scale <= self.max_scale <= 1.5:
             raise ValueError(f"need 0 < min_scale <= max_scale <= 1.5, got {self.min_scale}, {self.max_scale}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
 
@@ -163,7 +166,7 @@ def make_caption(rng: np.random.Generator, cfg: SyntheticConfig,
 def render_scene(cfg: SyntheticConfig, seed: int, split: str, index: int) -> Scene:
     """Render image ``index`` of ``split``: a pure function of (config, seed, split, index)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    image = cluttered_background(rng, cfg.image_size)
+    image = cluttered_background(rng, cfg.image_size, cfg.background)
     owner, object_classes = _place_objects(rng, cfg, image)
     lut = np.array([0] + [c + 1 for c in object_classes], dtype=np.uint8)
     label = lut[owner.astype(np.int64) + 1]  # owner -1 (background) -> 0

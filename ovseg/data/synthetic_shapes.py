@@ -112,8 +112,16 @@ def random_colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return first.astype(np.float32), second.astype(np.float32)
 
 
-def cluttered_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A (size, size, 3) uint8 background of smooth colour fields, noise, soft blobs and thin lines."""
+BACKGROUNDS = ("cluttered", "smooth")
+
+
+def cluttered_background(rng: np.random.Generator, size: int, kind: str = "cluttered") -> np.ndarray:
+    """A (size, size, 3) uint8 background of smooth colour fields, noise, soft blobs and thin lines.
+
+    ``kind="smooth"`` keeps the colour field and the soft blobs but draws no pixel noise and no lines.
+    """
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {kind!r}")
     cells = int(rng.integers(2, 6))
     field = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
     img = np.asarray(Image.fromarray(field, "RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
@@ -123,6 +131,8 @@ def cluttered_background(rng: np.random.Generator, size: int) -> np.ndarray:
         sigma = rng.uniform(0.06, 0.2) * size
         alpha = 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2))
         img += alpha[..., None] * (rng.uniform(0, 255, 3) - img)
+    if kind == "smooth":
+        return np.clip(img, 0, 255).astype(np.uint8)
     img += rng.normal(0, rng.uniform(4, 14), img.shape)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(out)

@@ -38,6 +38,34 @@ class MixerMlp(Mlp):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+class ConvStem(nn.Module):
+    """Tokens from a small CNN: (B, 3, H, W) -> (B, H/p * W/p, D), the grid a patch-p embedding gives.
+
+    log2(p) 3x3 stride-2 convolutions (BatchNorm, ReLU; widths doubling up to D) and a 1x1 projection.
+    Like the patch embedding, pixels beyond the last full patch are dropped.
+    """
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3):
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << n != patch_size:
+            raise ValueError(f"the convolutional stem needs a power-of-two patch_size >= 2, got {patch_size}")
+        self.patch_size = patch_size
+        widths = [max(embed_dim >> (n - 1 - i), 8) for i in range(n)]  # ..., D/4, D/2, D
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for w in widths:
+            layers += [nn.Conv2d(prev, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            prev = w
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(prev, embed_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        x = x[..., :x.shape[-2] // p * p, :x.shape[-1] // p * p]
+        return self.proj(self.convs(x)).flatten(2).transpose(1, 2)
+
+
 class GroupingStage(nn.Module):
     def __init__(self, cfg: VisionConfig, index: int, drop_path: list[float]):
         super().__init__()
@@ -97,9 +125,16 @@ class GroupViT(nn.Module):
         self.num_groups = cfg.num_output_groups[-1]
         self.patch_size = cfg.patch_size
         self.grid = (cfg.img_size // cfg.patch_size,) * 2
-        self.patch_embed = PatchEmbed(
-            cfg.img_size, cfg.patch_size, 3, cfg.embed_dim, strict_img_size=False,
-            norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps) if cfg.patch_norm else None)
+        if cfg.stem == "patch":
+            self.patch_embed = PatchEmbed(
+                cfg.img_size, cfg.patch_size, 3, cfg.embed_dim, strict_img_size=False,
+                norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps) if cfg.patch_norm else None)
+        elif cfg.stem == "conv":
+            self.patch_embed = ConvStem(cfg.patch_size, cfg.embed_dim)
+            if cfg.patch_norm:
+                self.patch_embed = nn.Sequential(self.patch_embed, nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps))
+        else:
+            raise ValueError(f"vision config: stem must be 'patch' or 'conv', got {cfg.stem!r}")
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.embed_dim))
         trunc_normal_(self.pos_embed, std=0.02)
         total = sum(cfg.depths)
