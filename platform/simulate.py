@@ -4,7 +4,7 @@
         [--alpha 0.5] [--config tiny] [dotted.overrides=... e.g. fed.rounds=5 fed.strategy=fedprox]
 
 Without --sites, the tiny config's synthetic world is split into sites (platform/make_sites.py) under
-runs/federated/sites-<kinds>-a<alpha>. Virtual node i trains on site-<i>. Rounds are scored on the world's
+runs/federated/sites-<world>-<kinds>-a<alpha>. Virtual node i trains on site-<i>. Rounds are scored on the world's
 held-out split and logged to MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db; experiment fed.experiment),
 checkpoints go to fed.output_dir/fed.run_name, and a second invocation with more fed.rounds resumes.
 """
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. fed.rounds=5")
     args = p.parse_args(argv)
 
-    from ovseg.config import load_config, parse_overrides
+    from ovseg.config import load_config
     from ovseg.data.sites import split_world
     from ovseg.trainer import ensure_synthetic_world
 
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     sites = args.sites
     if sites is None:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        sites = str(Path(cfg.fed.output_dir) / f"sites-{'-'.join(k[:3] for k in kinds)}-a{args.alpha:g}")
+        world = ensure_synthetic_world(cfg)
+        sites = str(Path(cfg.fed.output_dir) / f"sites-{world.name}-{'-'.join(k[:3] for k in kinds)}-a{args.alpha:g}")
         if not (Path(sites) / "federation.json").is_file():
-            split_world(ensure_synthetic_world(cfg), sites, kinds, alpha=args.alpha, seed=cfg.seed)
+            split_world(world, sites, kinds, alpha=args.alpha, seed=cfg.seed)
     num = len([d for d in Path(sites).glob("site-*") if d.is_dir()])
     if num == 0:
         print(f"simulate: error: {sites} holds no site-* folders (make them with platform/make_sites.py)",
@@ -52,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.overrides:
         key, _, raw = item.partition("=")
         run_config[key.strip()] = raw
-    parse_overrides(args.overrides)  # same syntax as everywhere else
     if "fed.min_sites" not in run_config:
         run_config["fed.min_sites"] = str(num)
 
