@@ -45,10 +45,17 @@ def frozen_prefixes(cfg: Config) -> tuple[str, ...]:
 
 
 def exchange_keys(model: torch.nn.Module, cfg: Config) -> list[str]:
-    """Names of the tensors that travel between the server and the sites, in state-dict order."""
+    """Names of the tensors that travel between the server and the sites, in state-dict order.
+
+    With differential privacy on, only trainable parameters travel: Gaussian noise on BatchNorm running
+    variances can make them negative (NaN at evaluation), so those statistics stay as in the starting model.
+    """
     frozen = frozen_prefixes(cfg)
-    return [k for k, v in model.state_dict().items()
-            if v.dtype.is_floating_point and not k.startswith(frozen)]
+    keys = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point and not k.startswith(frozen)]
+    if cfg.fed.dp.noise_multiplier > 0:
+        params = {n for n, p in model.named_parameters() if p.requires_grad}
+        keys = [k for k in keys if k in params]
+    return keys
 
 
 def frozen_fingerprint(model: torch.nn.Module, cfg: Config) -> str:

@@ -538,3 +538,28 @@ def test_privacy_guard_keeps_error_texts_and_forbidden_records_at_the_site(tmp_p
         assert "patient" not in reply.error.reason and "hospital" not in reply.error.reason
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
     assert [x["error"] for x in lines] == [True, True] and all(x["records"] == {} for x in lines)
+
+
+def test_dp_mode_sends_parameters_only():
+    cfg = load_config("tiny", ["fed.dp.noise_multiplier=1.0"])
+    model, cfg = build_site_model(cfg)
+    assert set(exchange_keys(model, cfg)) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_non_finite_aggregate_keeps_the_previous_model():
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from ovseg.integrations.flower import GuardedStrategy
+
+    class Broken(FedAvg):  # stands for a strategy whose own arithmetic overflows
+        def aggregate_train(self, server_round, replies):
+            _, metrics = super().aggregate_train(server_round, replies)
+            return ArrayRecord({"w": Array(np.full(4, np.inf, np.float32))}), metrics
+
+    cfg = load_config("tiny")
+    ref = {"w": torch.zeros(4)}
+    guard = GuardedStrategy(Broken(), cfg, ["w"], _Tracker())
+    guard.reference = {"w": np.zeros(4)}
+    arrays, _ = guard.aggregate_train(1, _messages(ref, {1: ({"w": torch.ones(4)}, 1), 2: ({"w": torch.ones(4)}, 1)}))
+    assert arrays is None and "previous model kept" in guard.refusals[-1]["reason"]

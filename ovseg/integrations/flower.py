@@ -350,6 +350,13 @@ class GuardedStrategy(fl_strategy.Strategy):
             log.warning("round %d: no valid update; the global model stays as it was", step)
             return None, None
         arrays, metrics = self.inner.aggregate_train(server_round, kept)
+        if arrays is not None:
+            bad = [k for k, v in arrays.items() if not np.isfinite(v.numpy()).all()]
+            if bad:  # a strategy's own arithmetic (e.g. an adaptive step) must not poison the global model
+                log.error("round %d: the aggregate has non-finite values in %s; keeping the previous model",
+                          step, bad[:3])
+                self._refuse(step, -1, f"aggregate non-finite in {bad[:3]}: previous model kept")
+                arrays = None
         spent = getattr(self.inner, "privacy_spent", None)
         if callable(spent) and spent() is not None:
             p = spent()
