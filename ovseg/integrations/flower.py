@@ -405,7 +405,7 @@ def latest_round(ckpt_dir: Path) -> Path | None:
 
 def run_server(grid: Grid, run_config: dict) -> dict:
     """The coordinator's federation: resume or start, run the remaining rounds, evaluate, log, checkpoint."""
-    from ..evaluate import parse_eval_sets
+    from ..evaluate import evaluate, parse_eval_sets
     from ..tracking import MlflowTracker
     from ..trainer import synthetic_root
 
@@ -439,8 +439,6 @@ def run_server(grid: Grid, run_config: dict) -> dict:
         set_tensors(model, record_to_tensors(arrays), keys)
         metrics = {}
         for bench in eval_sets:
-            from ..evaluate import evaluate
-
             res = evaluate(model, bench, max_images=cfg.eval.max_images, num_overlays=cfg.eval.num_overlays,
                            bg_thresh=cfg.eval.bg_thresh)
             metrics.update(res.metrics())
