@@ -104,6 +104,16 @@ def _worker_pids(session: int) -> list[int]:
     return pids
 
 
+def _registered_checkpoints(run_dir: Path) -> list[str]:
+    """Checkpoint folders that Ray Train's controller has registered (from its own snapshot file)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return []
+    names = [r.get("checkpoint_dir_name", "") for r in snapshot.get("checkpoint_results", [])]
+    return [n for n in names if n and (run_dir / n).is_dir()]
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflow_uri):
     args = _args(world, tmp_path / "runs", "kill", "train.stage1_steps=40", "train.ckpt_every=4",
                  "train.max_failures=1")
@@ -111,11 +121,14 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflo
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 300
-        # wait for a second checkpoint: by then Ray has registered the first one (a brand-new checkpoint
-        # folder can appear before the controller records it)
-        while len(list((tmp_path / "runs" / "kill").glob("checkpoint_*"))) < 2 and time.time() < deadline:
+        # Kill only once Ray Train's controller has *registered* a checkpoint: it records each one in its
+        # snapshot file. A checkpoint folder on disk is not enough: the controller polls the workers for
+        # reports, and on a busy machine a folder can exist for seconds before it is registered (a kill in
+        # that window restarts from scratch).
+        while not _registered_checkpoints(tmp_path / "runs" / "kill") and time.time() < deadline:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
+        assert _registered_checkpoints(tmp_path / "runs" / "kill"), "no checkpoint registered in 300 s"
         victims = _worker_pids(proc.pid)
         assert victims, "no Ray Train worker process found"
         os.kill(victims[-1], signal.SIGKILL)
