@@ -54,6 +54,8 @@ THRESHOLDS = [0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.07, 0.1,
 def render_split(world_seed: int, split: str, n: int, cfg: SyntheticConfig) -> dict:
     CACHE.mkdir(parents=True, exist_ok=True)
     bg = "" if cfg.background == "cluttered" else f"_{cfg.background}"
+    if (cfg.min_scale, cfg.max_scale, cfg.max_objects) != (0.3, 0.6, 4):
+        bg += f"_sc{cfg.min_scale}-{cfg.max_scale}_o{cfg.max_objects}"
     path = CACHE / f"{split}_s{world_seed}_n{n}_{cfg.image_size}{bg}.npz"
     if path.exists():
         d = np.load(path, allow_pickle=True)
@@ -219,6 +221,9 @@ def main(argv=None):
     p.add_argument("--ndev", type=int, default=300)
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--background", default="cluttered", help="synthetic world background: cluttered | smooth")
+    p.add_argument("--min-scale", type=float, default=None, help="world: smallest object diameter / image side")
+    p.add_argument("--max-scale", type=float, default=None, help="world: largest object diameter / image side")
+    p.add_argument("--max-objects", type=int, default=None, help="world: most objects per image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="")
@@ -230,7 +235,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    wcfg = SyntheticConfig(background=args.background)
+    world = {k: v for k, v in (("min_scale", args.min_scale), ("max_scale", args.max_scale),
+                                ("max_objects", args.max_objects)) if v is not None}
+    wcfg = SyntheticConfig(background=args.background, **world)
     class_names = ["background", *DEFAULT_CLASSES]
     C = len(class_names)
 

@@ -87,6 +87,9 @@ class LossConfig:
     group_ratio: float = 0.5  # this fraction of groups (the least entity-relevant) gets no mask gradient
     mask_size: int = 224  # masks are compared at this resolution
     seg_weight: float = 1.0  # supervised mask loss on segmentation data (cross-entropy + Dice)
+    # GroupViT's multi-label contrast of each image's best group with prompts of its caption's entities
+    # (losses.multilabel_group_loss). Not part of OVSegmentor: 0 reproduces the paper.
+    multilabel_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class DataConfig:
     synthetic_val: int = 500
     synthetic_seg: int = 2000
     synthetic_background: str = "cluttered"  # or "smooth" (no pixel noise, no lines): ovseg.data.synthetic
+    synthetic_min_scale: float = 0.3  # object diameters as a fraction of the image side
+    synthetic_max_scale: float = 0.6
+    synthetic_max_objects: int = 4  # objects per image: 1 to this many
     loader_workers: int = 2  # DataLoader processes per training worker
     shuffle_buffer: int = 2000
     epoch_length: int | None = None  # batches per epoch per rank; default: synthetic_train / global batch

@@ -4,6 +4,8 @@
   function scores masked entity completion: the decoded masked caption must retrieve its answer prompt.
 - ``mask_consistency_loss``: cross-image mask consistency (section 3.3): Hungarian-matched Dice between the
   masks this image's groups draw on a paired image and the paired image's own (momentum) masks.
+- ``multilabel_group_loss``: optional (``loss.multilabel_weight``, 0 in the paper's configs): GroupViT's
+  multi-label contrast between images and prompts of their captions' entities, read at each image's best group.
 - ``supervised_mask_loss``: for labelled segmentation shards (federated partner sites): per-pixel class
   logits from the group assignment, cross-entropy + Dice against the ground truth.
 
@@ -116,6 +118,27 @@ def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor,
     return ce + dice_weight * per_mask[present].mean()
 
 
+def multilabel_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """GroupViT's multi-label image-text contrast, scored by each image's best group (an option, not the paper's).
+
+    group_logits: (B, G, C) scaled similarities of every group to the prompt "a photo of a {entity}." of each
+    of the C entities named anywhere in the batch; targets: (B, C) 1 where the image's caption names the entity.
+    An image scores an entity by its best group (max over G), the same quantity zero-shot segmentation reads.
+    Image -> entities: cross-entropy against the caption's entities as equal positives; entity -> images: for
+    every entity in the batch, cross-entropy against the images that name it as equal positives; the mean of
+    the two. Rows (images) naming nothing and columns naming no image are left out.
+    """
+    scores = group_logits.float().amax(1)  # (B, C)
+    t = targets.float()
+    rows, cols = t.sum(1) > 0, t.sum(0) > 0
+    if not rows.any():
+        return scores.sum() * 0.0  # no entity in the batch: no signal, but keep the graph for DDP
+    i2t = -(t[rows] / t[rows].sum(1, keepdim=True) * scores[rows].log_softmax(1)).sum(1).mean()
+    tc, sc = t[:, cols], scores[:, cols]
+    t2i = -(tc / tc.sum(0, keepdim=True) * sc.log_softmax(0)).sum(0).mean()
+    return 0.5 * (i2t + t2i)
+
+
 def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[str, torch.Tensor] | None = None,
                    gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total of whichever losses the model's outputs allow, and each part (unweighted).
@@ -123,7 +146,8 @@ def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[st
     From ``batch``: ``caption_valid`` (rows that enter the image-text contrast; segmentation batches leave
     out repeated class-name captions, which would be each other's false negatives), ``has_entity`` (rows that
     enter entity completion), ``has_pair`` (rows whose paired
-    image shares an entity: the mask loss), ``label`` (segmentation data).
+    image shares an entity: the mask loss), ``label`` (segmentation data), ``entity_targets`` (caption x batch
+    entity multi-hot: the optional multi-label loss).
     """
     batch = batch or {}
     scale = out["logit_scale"]
@@ -145,6 +169,9 @@ def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[st
         else:
             parts["loss_mask"] = out["mask_pred"].sum() * 0.0
         total = total + cfg.mask_weight * parts["loss_mask"]
+    if "group_class_logits" in out and batch.get("entity_targets") is not None and cfg.multilabel_weight:
+        parts["loss_multilabel"] = multilabel_group_loss(out["group_class_logits"], batch["entity_targets"])
+        total = total + cfg.multilabel_weight * parts["loss_multilabel"]
     if "group_class_logits" in out and batch.get("label") is not None and cfg.seg_weight:
         parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], batch["label"])
         total = total + cfg.seg_weight * parts["loss_seg"]

@@ -58,12 +58,23 @@ def synthetic_root(cfg: Config) -> Path:
     name = f"seed{d.synthetic_seed}-{size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
     if d.synthetic_background != "cluttered":
         name += f"-{d.synthetic_background}"
+    if (d.synthetic_min_scale, d.synthetic_max_scale, d.synthetic_max_objects) != (0.3, 0.6, 4):
+        name += f"-scale{d.synthetic_min_scale:g}-{d.synthetic_max_scale:g}-obj{d.synthetic_max_objects}"
     return Path.home() / ".cache" / "ovseg" / "synthetic" / name
+
+
+def world_config(cfg: Config):
+    """The synthetic world that ``cfg`` trains and evaluates on (``data.synthetic_*``)."""
+    from .data.synthetic import SyntheticConfig
+
+    d = cfg.data
+    return SyntheticConfig(image_size=cfg.model.vision.img_size, background=d.synthetic_background,
+                           min_scale=d.synthetic_min_scale, max_scale=d.synthetic_max_scale,
+                           max_objects=d.synthetic_max_objects)
 
 
 def ensure_synthetic_world(cfg: Config) -> Path:
     """Generate the embedded world on first use (atomic: a half-written world never appears)."""
-    from .data.synthetic import SyntheticConfig
     from .data.synthetic_world import generate_world
 
     root = synthetic_root(cfg)
@@ -73,7 +84,7 @@ def ensure_synthetic_world(cfg: Config) -> Path:
         d = cfg.data
         generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
                        num_seg=d.synthetic_seg,
-                       config=SyntheticConfig(image_size=cfg.model.vision.img_size, background=d.synthetic_background),
+                       config=world_config(cfg),
                        num_workers=2, overwrite=root.exists())
     return root
 
@@ -178,7 +189,8 @@ class Pretrainer:
             train_urls(cfg), self.model.tokenizer.hf, batch_size=batch, image_size=cfg.model.vision.img_size,
             stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,
             shuffle_buffer=cfg.data.shuffle_buffer, pairs=stage == 2, epoch_length=epoch_len,
-            max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size)
+            max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size,
+            entity_prompts=cfg.loss.multilabel_weight > 0)
 
     def _batches(self, loader):
         """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""

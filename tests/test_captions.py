@@ -64,6 +64,21 @@ def test_batch_shapes_dtypes_and_text(tmp_path, tok):
     assert (batch["caption_mask"][0].sum() == (batch["caption_ids"][0] != tok.pad_token_id).sum())
 
 
+def test_entity_prompts_give_the_batch_vocabulary_and_targets(tmp_path, tok):
+    write_shard(tmp_path / "a.tar", [good_sample("k0", "Two Dogs, a cat and a T-shirt."),
+                                     good_sample("k1", "a view of the night sky"),
+                                     good_sample("k2", "a cat on a bike")])
+    plain = next(iter(loader(tmp_path / "a.tar", tok, shuffle_buffer=0, batch_size=3)))
+    assert "class_ids" not in plain and "entity_targets" not in plain  # off unless asked for
+    batch = next(iter(loader(tmp_path / "a.tar", tok, shuffle_buffer=0, batch_size=3, entity_prompts=True)))
+    prompts = [tok.decode(row, skip_special_tokens=True) for row in batch["class_ids"]]
+    # every distinct entity once, sorted; "bike" is the CC4M synonym of bicycle
+    assert prompts == [f"a photo of a {e}." for e in ("bicycle", "cat", "dog", "shirt")]
+    assert batch["entity_targets"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]
+    assert batch["class_mask"].shape == batch["class_ids"].shape == (4, 77)
+    assert torch.equal(batch["class_mask"], (batch["class_ids"] != tok.pad_token_id).long())
+
+
 def test_stage2_pairs_share_an_entity_and_never_self(tmp_path, tok):
     make_shards(tmp_path, 2, 12)
     batches = list(loader(tmp_path, tok, stage=2, pairs=True, batch_size=4, shuffle_buffer=8))

@@ -152,3 +152,66 @@ def test_mask_loss_uses_only_paired_rows():
     ref = mask_consistency_loss(out["mask_pred"][has_pair], out["mask_target"][has_pair],
                                 out["mask_relevance"][has_pair], size=3)
     assert torch.allclose(parts["loss_mask"], ref)
+
+
+def _multilabel_by_hand(group_logits, targets):
+    """The multi-label loss written as plain loops over images and entities."""
+    B, G, C = group_logits.shape
+    best = [[max(float(group_logits[b, g, c]) for g in range(G)) for c in range(C)] for b in range(B)]
+    image_terms = []
+    for b in range(B):
+        pos = [c for c in range(C) if targets[b][c]]
+        if pos:
+            log_z = math.log(sum(math.exp(best[b][c]) for c in range(C)))
+            image_terms.append(-sum(best[b][c] - log_z for c in pos) / len(pos))
+    entity_terms = []
+    for c in range(C):
+        pos = [b for b in range(B) if targets[b][c]]
+        if pos:
+            log_z = math.log(sum(math.exp(best[b][c]) for b in range(B)))
+            entity_terms.append(-sum(best[b][c] - log_z for b in pos) / len(pos))
+    return 0.5 * (sum(image_terms) / len(image_terms) + sum(entity_terms) / len(entity_terms))
+
+
+def test_multilabel_group_loss_matches_a_plain_loop():
+    from ovseg.losses import multilabel_group_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 4, 6, generator=g) * 3
+    targets = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0],  # row 2 names nothing
+                            [1, 0, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.float)  # column 3, 5: no image
+    got = multilabel_group_loss(logits, targets)
+    # rows naming nothing and columns named by no image are out of the loss entirely
+    keep_rows, keep_cols = [0, 1, 3, 4], [0, 1, 2, 4]
+    want = _multilabel_by_hand(logits[keep_rows][:, :, keep_cols], targets[keep_rows][:, keep_cols].tolist())
+    # ... but the entity -> images direction still ranks against every image, named or not
+    assert not math.isclose(float(got), want, rel_tol=1e-6)
+    best = logits.amax(1)
+    i2t = sum(-(best[b].log_softmax(0)[targets[b] > 0]).mean() for b in keep_rows) / 4
+    t2i = sum(-(best[:, c].log_softmax(0)[targets[:, c] > 0]).mean() for c in keep_cols) / 4
+    assert math.isclose(float(got), float(0.5 * (i2t + t2i)), rel_tol=1e-5)
+    # with every row and column in use, it is exactly the hand loop
+    full = targets.clone()
+    full[2, 3] = full[2, 5] = 1
+    assert math.isclose(float(multilabel_group_loss(logits, full)), _multilabel_by_hand(logits, full.tolist()),
+                        rel_tol=1e-5)
+
+
+def test_multilabel_group_loss_trains_the_best_group_only_and_enters_the_total():
+    from ovseg.losses import multilabel_group_loss
+
+    logits = torch.tensor([[[2.0, 0.0], [1.0, 3.0]], [[0.0, 1.0], [0.5, 0.0]]], requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    multilabel_group_loss(logits, targets).backward()
+    best = logits.detach().argmax(1)  # (B, C): the group each image scores each entity with
+    for b in range(2):
+        for c in range(2):
+            for grp in range(2):
+                assert (logits.grad[b, grp, c] != 0) == (grp == best[b, c])
+    out = {"image_emb": F.normalize(torch.randn(2, 4), dim=-1), "text_emb": F.normalize(torch.randn(2, 4), dim=-1),
+           "logit_scale": torch.tensor(10.0), "group_class_logits": logits.detach()}
+    cfg = LossConfig(multilabel_weight=0.5)
+    total, parts = compute_losses(out, cfg, {"entity_targets": targets})
+    assert torch.isclose(total, parts["loss_contrast"] + 0.5 * parts["loss_multilabel"])
+    _, off = compute_losses(out, LossConfig(), {"entity_targets": targets})
+    assert "loss_multilabel" not in off  # weight 0 (the paper's configs): not computed at all

@@ -40,6 +40,7 @@ from ovseg.data.shards import SkipSample, image_bytes, read_caption
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROSS_PROMPT = "A photo of {}"
+ENTITY_PROMPT = "a photo of a {}."  # the multi-label loss's prompt: the zero-shot protocol's template
 
 
 def build_image_transform(stage: int, size: int):
@@ -108,10 +109,11 @@ class SampleBuilder:
     """Turns one raw shard sample into tensors (everything but the pairing); runs in loader workers."""
 
     def __init__(self, tokenizer, *, image_size: int, stage: int, max_length: int = 77,
-                 matcher: EntityMatcher | None = None):
+                 matcher: EntityMatcher | None = None, entity_prompts: bool = False):
         if tokenizer.mask_token is None:
             raise ValueError("the tokenizer has no mask token; entity completion needs one (e.g. BERT's [MASK])")
         self.tokenizer = tokenizer
+        self.entity_prompts = entity_prompts  # tokenized "a photo of a {entity}." per entity (multi-label loss)
         self.max_length = max_length
         self.transform = build_image_transform(stage, image_size)
         self.matcher = matcher or EntityMatcher()
@@ -144,7 +146,11 @@ class SampleBuilder:
         entities = unique_entities(spans)
         question = self.tokenize(mask_spans(caption, spans, self.tokenizer.mask_token))
         answer = self.tokenize(answer_prompt(entities, rng))
+        extra = {}
+        if self.entity_prompts:
+            extra["entity_prompts"] = {e: self.tokenize(ENTITY_PROMPT.format(e)) for e in entities}
         return {
+            **extra,
             "entities": entities,
             "caption_ids": enc["input_ids"], "caption_mask": enc["attention_mask"],
             "question_ids": question["input_ids"], "question_mask": question["attention_mask"],
@@ -182,4 +188,23 @@ def collate(samples: list[dict], pairs: bool) -> dict[str, torch.Tensor]:
             out[name] = torch.tensor(values, dtype=torch.bool)
         else:
             out[name] = torch.tensor(values, dtype=torch.long)
+    if "entity_prompts" in samples[0]:
+        out.update(entity_batch([s["entity_prompts"] for s in samples]))
     return out
+
+
+def entity_batch(prompts: list[dict[str, dict]]) -> dict[str, torch.Tensor]:
+    """The batch's entity vocabulary for the multi-label loss: one prompt per distinct entity (sorted) as
+    ``class_ids``/``class_mask`` (C, L) and ``entity_targets`` (B, C), 1 where a caption names the entity.
+    Empty when no caption in the batch names an entity."""
+    vocab = sorted({e for p in prompts for e in p})
+    if not vocab:
+        return {}
+    first = {e: p[e] for p in reversed(prompts) for e in p}
+    targets = torch.zeros(len(prompts), len(vocab))
+    for i, p in enumerate(prompts):
+        for e in p:
+            targets[i, vocab.index(e)] = 1.0
+    return {"class_ids": torch.tensor([first[e]["input_ids"] for e in vocab], dtype=torch.long),
+            "class_mask": torch.tensor([first[e]["attention_mask"] for e in vocab], dtype=torch.long),
+            "entity_targets": targets}

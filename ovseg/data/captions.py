@@ -205,16 +205,18 @@ def build_caption_loader(urls, tokenizer, *, batch_size: int, image_size: int = 
                          num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 1000, pairs: bool = False,
                          epoch_length: int | None = None, max_length: int = 77, pair_pool: int = 1024,
                          matcher=None, rank: int | None = None, world_size: int | None = None,
-                         pin_memory: bool = False) -> CaptionLoader:
+                         pin_memory: bool = False, entity_prompts: bool = False) -> CaptionLoader:
     """The caption loader. ``pairs`` adds cross images (stage 2); ``matcher`` overrides the vocabulary
-    used when a shard carries no precomputed ``entity_spans``; ``rank``/``world_size`` override
+    used when a shard carries no precomputed ``entity_spans``; ``entity_prompts`` adds the batch's entity
+    prompts and targets (``caption_sample.entity_batch``); ``rank``/``world_size`` override
     ``torch.distributed``. Read skip counts from ``loader.counts`` after (or during) iteration."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers > 0:
         # Rust tokenizers' own thread pool does not survive fork; workers already run in parallel.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    builder = SampleBuilder(tokenizer, image_size=image_size, stage=stage, max_length=max_length, matcher=matcher)
+    builder = SampleBuilder(tokenizer, image_size=image_size, stage=stage, max_length=max_length, matcher=matcher,
+                            entity_prompts=entity_prompts)
     dataset = CaptionShardDataset(urls, builder, batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
                                   pairs=pairs, pair_pool=pair_pool, rank=rank, world_size=world_size)
     return CaptionLoader(dataset, num_workers=num_workers, epoch_length=epoch_length, pin_memory=pin_memory)
