@@ -126,7 +126,9 @@ class DataConfig:
     loader_workers: int = 2  # DataLoader processes per training worker
     shuffle_buffer: int = 2000
     epoch_length: int | None = None  # batches per epoch per rank; default: synthetic_train / global batch
-    augment: str = "paper"  # "paper": stage 1 RandAugment + erasing + crop 0.08-1; "light": crop 0.5-1 + flip
+    # "paper": stage 1 RandAugment + erasing + crop 0.08-1, stage 2 crop 0.4-1 + flip; "light": crop 0.4-1 + flip
+    # in both stages; "flip": a horizontal flip only (small synthetic images: a crop can cut out a named object)
+    augment: str = "paper"
 
 
 @dataclass(frozen=True)

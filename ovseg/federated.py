@@ -239,7 +239,7 @@ def _batches(cfg: Config, model, site: Site, seed: int):
     from .data.captions import build_caption_loader
 
     loader = build_caption_loader(site.train_shards(), model.tokenizer.hf, batch_size=batch, image_size=size,
-                                  stage=2 if cfg.data.augment == "light" else 1, num_workers=0, seed=seed,
+                                  stage={"light": 2, "flip": "flip"}.get(cfg.data.augment, 1), num_workers=0, seed=seed,
                                   shuffle_buffer=min(cfg.data.shuffle_buffer, 256),
                                   max_length=cfg.model.text.max_length, rank=0, world_size=1)
 

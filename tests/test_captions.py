@@ -247,3 +247,26 @@ def test_stage1_posterize_at_full_magnitude_does_not_crash():
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
     out = op(Image.new("RGB", (8, 8), (200, 100, 50)))
     assert out.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_flip_augmentation_only_resizes_and_mirrors():
+    import numpy as np
+    from PIL import Image
+
+    from ovseg.data.caption_sample import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
+
+    pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    plain = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) \
+        / torch.tensor(IMAGENET_STD)[:, None, None]
+    transform = build_image_transform("flip", SIZE)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        out = transform(Image.fromarray(pixels))
+        if torch.allclose(out, plain, atol=1e-5):
+            seen.add("same")
+        elif torch.allclose(out, plain.flip(-1), atol=1e-5):
+            seen.add("mirrored")
+        else:
+            raise AssertionError("the flip augmentation changed pixels beyond a mirror")
+    assert seen == {"same", "mirrored"}

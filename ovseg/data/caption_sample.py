@@ -43,8 +43,15 @@ CROSS_PROMPT = "A photo of {}"
 ENTITY_PROMPT = "a photo of a {}."  # the multi-label loss's prompt: the zero-shot protocol's template
 
 
-def build_image_transform(stage: int, size: int):
-    """The training augmentation of ``stage`` 1 (DeiT / RandAugment) or 2 (crop + flip only)."""
+def build_image_transform(stage: int | str, size: int):
+    """The training augmentation of ``stage`` 1 (DeiT / RandAugment) or 2 (crop + flip only); ``"flip"``:
+    resize to ``size`` and a horizontal flip, nothing else (for small synthetic images, where a crop can cut
+    away an object that the caption names)."""
+    if stage == "flip":
+        from torchvision import transforms as T
+
+        return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     if stage == 1:
         from timm.data import create_transform
         from timm.data.auto_augment import RandAugment
