@@ -66,8 +66,8 @@ def test_grouping_block_reduces_tokens_to_output_groups():
 def test_vision_tower_any_input_size_at_inference():
     vt = GroupViT(load_config("tiny").model.vision).eval()
     out = vt(torch.randn(1, 3, 96, 72))  # training grid is 8x8; this is 12x9
-    assert out.grid == (12, 9) and out.tokens.shape == (1, 8, 128)
-    assert out.attns[0].soft.shape == (1, 8, 108)
+    assert out.grid == (12, 9) and out.tokens.shape == (1, load_config("tiny").model.vision.num_output_groups[-1], 128)
+    assert out.attns[0].soft.shape == (1, load_config("tiny").model.vision.num_output_groups[-1], 108)
 
 
 def test_two_stage_groupvit_composes_assignments():
