@@ -99,7 +99,8 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
             assert abs(got["metrics"][key] - value) < 0.005, key
     out = res.stdout
     assert f"zero-shot synthetic mIoU {got['metrics']['zeroshot/synthetic/miou']:.4f} (6 images)" in out
-    assert "short side 64, window 64 stride 32" in out and "'a photo of a {}.'" in out and "min(0.95" in out
+    assert "short side 64, window 64 stride 32" in out and "'a photo of a {}.'" in out
+    assert f"min({load_config('tiny').eval.bg_thresh}" in out  # the configuration's fixed background threshold
     assert "background" in out and "clock" in out  # the per-class table
     assert "synthetic: 100%" in res.stderr  # progress bar reached the end
 
