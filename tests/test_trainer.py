@@ -126,9 +126,10 @@ def test_multilabel_option_is_trained_and_logged_in_both_stages(world, tmp_path)
     logged = [m for _, m in tracker.metrics if "train/loss" in m]
     assert len(logged) == 3 and all(math.isfinite(m["train/loss_multilabel"]) for m in logged)
     plain = _Recorder()
-    Pretrainer(_cfg(world, tmp_path / "p", "train.stage1_steps=1", "train.stage2_steps=0"),
+    Pretrainer(_cfg(world, tmp_path / "p", "train.stage1_steps=1", "train.stage2_steps=0",
+                    "loss.multilabel_weight=0"),
                WorkerEnv(report=_Reports(tmp_path), scratch=tmp_path / "s2"), plain).run()
-    assert not any("train/loss_multilabel" in m for _, m in plain.metrics)  # the paper's default: off
+    assert not any("train/loss_multilabel" in m for _, m in plain.metrics)  # weight 0 (the paper's): not computed
 
 
 def test_world_options_reach_the_generated_world(tmp_path):
@@ -137,8 +138,9 @@ def test_world_options_reach_the_generated_world(tmp_path):
     from ovseg.trainer import ensure_synthetic_world, synthetic_root
 
     over = ["data.synthetic_min_scale=0.4", "data.synthetic_max_scale=0.7", "data.synthetic_max_objects=2"]
-    default_name = synthetic_root(load_config("tiny")).name
-    assert synthetic_root(load_config("tiny", over)).name == default_name + "-scale0.4-0.7-obj2"
+    classic = ["data.synthetic_min_scale=0.3", "data.synthetic_max_scale=0.6", "data.synthetic_max_objects=4"]
+    assert synthetic_root(load_config("tiny", classic)).name == "seed0-64px-20000-500-2000"  # the first world's name
+    assert synthetic_root(load_config("tiny", over)).name == "seed0-64px-20000-500-2000-scale0.4-0.7-obj2"
     cfg = load_config("tiny", [*over, f"data.synthetic_dir={tmp_path / 'w'}", "data.synthetic_train=4",
                                "data.synthetic_val=3", "data.synthetic_seg=0"])
     manifest = json.loads((ensure_synthetic_world(cfg) / "manifest.json").read_text())
