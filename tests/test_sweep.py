@@ -110,3 +110,20 @@ def test_sweep_asha_mlflow_best_config_and_resume(world, tmp_path):
                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert short.returncode == 0, short.stdout[-3000:] + short.stderr[-3000:]
     assert "step 2/2" in short.stdout + short.stderr
+
+
+def test_a_restarted_trial_finds_its_own_child_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ovseg.integrations.ray_tune import _existing_child_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("sweep")
+    parent, other = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    mine = client.create_run(exp, tags={"mlflow.parentRunId": parent, "ovseg.trial_id": "ab_00000"}).info.run_id
+    client.create_run(exp, tags={"mlflow.parentRunId": other, "ovseg.trial_id": "ab_00001"})
+    assert _existing_child_run(uri, parent, "ab_00000") == mine
+    assert _existing_child_run(uri, parent, "ab_00001") is None  # another sweep's trial is not ours
+    assert _existing_child_run(uri, None, "ab_00000") is None
+    assert _existing_child_run(f"sqlite:///{tmp_path / 'missing' / 'x.db'}", parent, "ab_00000") is None

@@ -85,6 +85,8 @@ def _trainable(config: dict) -> None:
         with checkpoint.as_directory() as d:
             resume = read_checkpoint(Path(d) / CHECKPOINT_FILE)
     run_id = resume.state.get("mlflow_run_id") if resume is not None else None
+    if run_id is None:  # a trial restarted before its first checkpoint keeps its one child run
+        run_id = _existing_child_run(config["_uri"], config["_parent"], ctx.get_trial_id())
     print(f"[ovseg] trial {ctx.get_trial_id()} starts at step {resume.step if resume else 0}", flush=True)
     tracker = MlflowTracker(cfg.train.experiment, run_name=ctx.get_trial_name(), tracking_uri=config["_uri"],
                             run_id=run_id, parent_run_id=config["_parent"], tags={"ovseg.trial_id": ctx.get_trial_id()})
@@ -100,6 +102,24 @@ def _trainable(config: dict) -> None:
         trainer.restore(resume)
     trainer.run()
     tracker.close("FINISHED")
+
+
+def _existing_child_run(uri: str, parent_run_id: str | None, trial_id: str) -> str | None:
+    """The MLflow child run this trial already has under the sweep's parent run, if any (None on any error:
+    tracking problems never stop a trial)."""
+    if not parent_run_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        parent = client.get_run(parent_run_id)
+        runs = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                                                f"tags.`ovseg.trial_id` = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _distributed_trial(cfg: Config, config: dict, ctx) -> None:
