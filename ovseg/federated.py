@@ -238,10 +238,12 @@ def _batches(cfg: Config, model, site: Site, seed: int):
         return loader, iter(loader)
     from .data.captions import build_caption_loader
 
+    augment = {"light": 2, "flip": "flip"}.get(cfg.data.augment, 1)
     loader = build_caption_loader(site.train_shards(), model.tokenizer.hf, batch_size=batch, image_size=size,
-                                  stage={"light": 2, "flip": "flip"}.get(cfg.data.augment, 1), num_workers=0, seed=seed,
+                                  stage=augment, num_workers=0, seed=seed,
                                   shuffle_buffer=min(cfg.data.shuffle_buffer, 256),
-                                  max_length=cfg.model.text.max_length, rank=0, world_size=1)
+                                  max_length=cfg.model.text.max_length, rank=0, world_size=1,
+                                  entity_prompts=cfg.loss.multilabel_weight > 0)
 
     def endless():
         epoch = 0

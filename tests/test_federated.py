@@ -563,3 +563,14 @@ def test_a_non_finite_aggregate_keeps_the_previous_model():
     guard.reference = {"w": np.zeros(4)}
     arrays, _ = guard.aggregate_train(1, _messages(ref, {1: ({"w": torch.ones(4)}, 1), 2: ({"w": torch.ones(4)}, 1)}))
     assert arrays is None and "previous model kept" in guard.refusals[-1]["reason"]
+
+
+def test_caption_site_trains_the_configured_multilabel_loss(world, tmp_path):
+    from ovseg.data.sites import split_world
+
+    split_world(world, tmp_path / "sites", ["caption"], alpha=1.0, seed=0, val_fraction=0.1)
+    site = Site.open(tmp_path / "sites" / "site-00")
+    model, cfg = build_site_model(load_config("tiny", ["fed.local_batch=8", "data.shuffle_buffer=32"]))
+    assert cfg.loss.multilabel_weight > 0
+    out = local_train(model, cfg, site, steps=2, seed=0)
+    assert math.isfinite(out["loss_multilabel"]) and out["loss_multilabel"] > 0

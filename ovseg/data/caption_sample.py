@@ -207,11 +207,11 @@ def entity_batch(prompts: list[dict[str, dict]]) -> dict[str, torch.Tensor]:
     vocab = sorted({e for p in prompts for e in p})
     if not vocab:
         return {}
-    first = {e: p[e] for p in reversed(prompts) for e in p}
+    tokens = {e: p[e] for p in prompts for e in p}  # the same prompt tokenizes the same way in every sample
     targets = torch.zeros(len(prompts), len(vocab))
     for i, p in enumerate(prompts):
         for e in p:
             targets[i, vocab.index(e)] = 1.0
-    return {"class_ids": torch.tensor([first[e]["input_ids"] for e in vocab], dtype=torch.long),
-            "class_mask": torch.tensor([first[e]["attention_mask"] for e in vocab], dtype=torch.long),
+    return {"class_ids": torch.tensor([tokens[e]["input_ids"] for e in vocab], dtype=torch.long),
+            "class_mask": torch.tensor([tokens[e]["attention_mask"] for e in vocab], dtype=torch.long),
             "entity_targets": targets}

@@ -49,7 +49,7 @@ FINGERPRINT = "frozen-fingerprint"
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian")
 ROUND_FILE = "round-{:04d}.safetensors"
 TRAIN_METRICS = ("num-examples", "steps", "loss", "loss_contrast", "loss_entity", "loss_seg", "loss_mask",
-                 "loss_extra", "grad_norm", "skipped", "bytes-sent", "train-seconds")
+                 "loss_multilabel", "loss_extra", "grad_norm", "skipped", "bytes-sent", "train-seconds")
 
 
 # ---------------------------------------------------------------------------------------------- config
