@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from services import REPO, env, free_port, start_mlflow, stop, wait_http
 
-from ovseg.checkpoint import read_checkpoint
+from ovseg.checkpoint import find_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow
 PRETRAIN = str(REPO / "platform" / "pretrain.py")
@@ -51,8 +51,9 @@ def _run(args, mlflow_uri, cwd, timeout=420, extra=()):
 
 
 def _latest(run_dir: Path):
-    ckpts = sorted(run_dir.glob("checkpoint_*/checkpoint.safetensors"), key=lambda p: read_checkpoint(p).step)
-    return read_checkpoint(ckpts[-1])
+    # the product's own resolution: the highest readable step. A worker killed while Ray copies a checkpoint
+    # into storage leaves a truncated file in a folder Ray never registered; that one must not be chosen.
+    return read_checkpoint(find_checkpoint(run_dir))
 
 
 def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflow_uri):
