@@ -236,9 +236,10 @@ def _batches(cfg: Config, model, site: Site, seed: int):
                                 seed=seed, max_length=cfg.model.text.max_length,
                                 shuffle=min(cfg.data.shuffle_buffer, 256))
         return loader, iter(loader)
+    from .data.caption_sample import transform_kind
     from .data.captions import build_caption_loader
 
-    augment = {"light": 2, "flip": "flip"}.get(cfg.data.augment, 1)
+    augment = transform_kind(cfg.data.augment, stage=1)
     loader = build_caption_loader(site.train_shards(), model.tokenizer.hf, batch_size=batch, image_size=size,
                                   stage=augment, num_workers=0, seed=seed,
                                   shuffle_buffer=min(cfg.data.shuffle_buffer, 256),

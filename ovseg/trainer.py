@@ -178,12 +178,11 @@ class Pretrainer:
         return batch, sched, optimizer, self._loader(stage, batch)
 
     def _loader(self, stage: int, batch: int):
+        from .data.caption_sample import transform_kind
         from .data.captions import build_caption_loader
 
         cfg = self.cfg
-        if cfg.data.augment not in ("paper", "light", "flip"):
-            raise ValueError(f"data.augment must be 'paper', 'light' or 'flip', got {cfg.data.augment!r}")
-        aug_stage = "flip" if cfg.data.augment == "flip" else 2 if (stage == 2 or cfg.data.augment == "light") else 1
+        aug_stage = transform_kind(cfg.data.augment, stage)
         epoch_len = cfg.data.epoch_length or max(1, cfg.data.synthetic_train // (batch * self.env.world_size))
         return build_caption_loader(
             train_urls(cfg), self.model.tokenizer.hf, batch_size=batch, image_size=cfg.model.vision.img_size,

@@ -43,6 +43,18 @@ CROSS_PROMPT = "A photo of {}"
 ENTITY_PROMPT = "a photo of a {}."  # the multi-label loss's prompt: the zero-shot protocol's template
 
 
+AUGMENTS = ("paper", "light", "flip")
+
+
+def transform_kind(augment: str, stage: int) -> int | str:
+    """What ``data.augment`` means for a training stage: the ``build_image_transform`` argument."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"data.augment must be one of {AUGMENTS}, got {augment!r}")
+    if augment == "flip":
+        return "flip"
+    return 2 if (stage == 2 or augment == "light") else 1
+
+
 def build_image_transform(stage: int | str, size: int):
     """The training augmentation of ``stage`` 1 (DeiT / RandAugment) or 2 (crop + flip only); ``"flip"``:
     resize to ``size`` and a horizontal flip, nothing else (for small synthetic images, where a crop can cut
