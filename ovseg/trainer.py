@@ -101,6 +101,7 @@ class Pretrainer:
         self.cfg, self.env = cfg, env
         self.tracker = tracker or NullTracker()
         self.main = env.rank == 0
+        torch.manual_seed(cfg.seed)  # `seed` decides the initial weights too (every rank the same), not only the data order
         self.model = build_model(cfg).to(env.device)
         self.stages = [(1, cfg.train.stage1_steps), (2, cfg.train.stage2_steps)]
         self.total_steps = sum(n for _, n in self.stages)

@@ -51,15 +51,18 @@ def test_batch_shapes_dtypes_and_text(tmp_path, tok):
     batch = next(iter(loader(tmp_path / "a.tar", tok, shuffle_buffer=0)))
     assert batch["image"].shape == (2, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
     for name in ("caption", "question", "answer"):
-        assert batch[f"{name}_ids"].shape == (2, 77) and batch[f"{name}_ids"].dtype == torch.long
-        assert batch[f"{name}_mask"].shape == (2, 77) and batch[f"{name}_mask"].dtype == torch.long
+        ids, mask = batch[f"{name}_ids"], batch[f"{name}_mask"]
+        assert ids.dtype == torch.long and mask.dtype == torch.long and ids.shape == mask.shape
+        # padded to the batch's longest text, not to max_length (77)
+        assert ids.shape == (2, int(mask.sum(1).max())) and ids.shape[1] < 77
     assert batch["has_entity"].tolist() == [True, False]
     question = tok.decode(batch["question_ids"][0], skip_special_tokens=False).replace(" [PAD]", "")
     assert question == "[CLS] two [MASK], a [MASK] and a [MASK]. [SEP]"
     answer = tok.decode(batch["answer_ids"][0], skip_special_tokens=True)
     assert answer.endswith("dog and cat and shirt") and answer.startswith("a ")
     # No entity: the question is the caption itself, the answer only a template prefix (as the reference).
-    assert torch.equal(batch["question_ids"][1], batch["caption_ids"][1])
+    assert torch.equal(batch["question_ids"][1][batch["question_mask"][1].bool()],
+                       batch["caption_ids"][1][batch["caption_mask"][1].bool()])
     assert "[MASK]" not in tok.decode(batch["question_ids"][1])
     assert (batch["caption_mask"][0].sum() == (batch["caption_ids"][0] != tok.pad_token_id).sum())
 
@@ -75,7 +78,7 @@ def test_entity_prompts_give_the_batch_vocabulary_and_targets(tmp_path, tok):
     # every distinct entity once, sorted; "bike" is the CC4M synonym of bicycle
     assert prompts == [f"a photo of a {e}." for e in ("bicycle", "cat", "dog", "shirt")]
     assert batch["entity_targets"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]
-    assert batch["class_mask"].shape == batch["class_ids"].shape == (4, 77)
+    assert batch["class_mask"].shape == batch["class_ids"].shape == (4, int(batch["class_mask"].sum(1).max()))
     assert torch.equal(batch["class_mask"], (batch["class_ids"] != tok.pad_token_id).long())
 
 
@@ -270,3 +273,28 @@ def test_flip_augmentation_only_resizes_and_mirrors():
         else:
             raise AssertionError("the flip augmentation changed pixels beyond a mirror")
     assert seen == {"same", "mirrored"}
+
+
+def test_trimmed_padding_gives_the_same_embeddings_as_full_padding(tmp_path):
+    """The loader cuts the token columns that are padding in every row; the model must not notice: the
+    reference is the same batch padded back to max_length with the pad id and a zero mask."""
+    from ovseg import build_model
+
+    model = build_model("tiny").eval()
+    hf = model.tokenizer.hf
+    max_length = model.config.model.text.max_length
+    write_shard(tmp_path / "a.tar", [good_sample(f"k{i}", c, seed=i) for i, c in enumerate(
+        ["a dog and a cat on a field", "a view of the night sky", "a red car", "two houses and a tree near a boat"])])
+    batch = next(iter(loader(tmp_path / "a.tar", hf, batch_size=4, shuffle_buffer=0, image_size=64,
+                             max_length=max_length, entity_prompts=True)))
+    padded = dict(batch)
+    for key in ("caption", "question", "answer", "class"):
+        ids, mask = batch[f"{key}_ids"], batch[f"{key}_mask"]
+        assert ids.shape[1] == int(mask.sum(1).max()) < max_length
+        extra = max_length - ids.shape[1]
+        padded[f"{key}_ids"] = torch.nn.functional.pad(ids, (0, extra), value=hf.pad_token_id)
+        padded[f"{key}_mask"] = torch.nn.functional.pad(mask, (0, extra), value=0)
+    with torch.no_grad():
+        short, full = model(batch), model(padded)
+    for name in ("text_emb", "entity_emb", "answer_emb", "class_emb", "group_class_logits"):
+        torch.testing.assert_close(short[name], full[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovseg.data.caption_sample import IMAGENET_MEAN, IMAGENET_STD, SampleBuilder
+from ovseg.data.caption_sample import IMAGENET_MEAN, IMAGENET_STD, SampleBuilder, trim_padding
 from ovseg.data.captions import shuffle_buffer
 from ovseg.data.segshards import SkipCounter, expand_urls, iter_seg_shards
 
@@ -144,7 +144,7 @@ class SegBatchLoader:
         }
         for name in ("caption_ids", "caption_mask", "question_ids", "question_mask", "answer_ids", "answer_mask"):
             batch[name] = torch.tensor([ex[name] for ex in examples], dtype=torch.long)
-        return batch
+        return trim_padding(batch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
