@@ -103,6 +103,7 @@ class Pretrainer:
         self.main = env.rank == 0
         torch.manual_seed(cfg.seed)  # `seed` decides the initial weights too (every rank the same), not only the data order
         self.model = build_model(cfg).to(env.device)
+        torch.manual_seed(cfg.seed + 1 + env.rank)  # then one stream per rank for the stochastic layers (Gumbel noise)
         self.stages = [(1, cfg.train.stage1_steps), (2, cfg.train.stage2_steps)]
         self.total_steps = sum(n for _, n in self.stages)
         self.step, self.stage, self.epoch, self.batch_in_epoch = 0, 1, 0, 0

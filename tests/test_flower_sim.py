@@ -64,6 +64,7 @@ def simulation(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+    (root / "rc.json").write_text(__import__("json").dumps(rc))
     return root
 
 
@@ -99,3 +100,15 @@ def test_nan_and_wrong_shapes_are_refused_and_the_model_stays_finite(simulation)
         ckpt = read_checkpoint(simulation / "runs" / "sim" / f"round-{r:04d}.safetensors")
         assert all(torch.isfinite(v).all() for v in ckpt.weights.values() if v.dtype.is_floating_point)
         assert math.isfinite(ckpt.metrics["zeroshot/synthetic/miou"])
+
+
+def test_a_folder_started_from_another_model_is_not_resumed(simulation):
+    """Resuming round checkpoints made from other frozen towers would have every site refuse every round (they
+    build their towers from the starting model): the server says so before any round."""
+    import json
+
+    from ovseg.integrations.flower import run_server
+
+    rc = {**json.loads((simulation / "rc.json").read_text()), "seed": 7}  # a fresh model with other towers
+    with pytest.raises(ValueError, match="started from another checkpoint"):
+        run_server(None, rc)

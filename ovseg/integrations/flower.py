@@ -417,7 +417,13 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     last = latest_round(ckpt_dir)
     if last is not None:
         ckpt = read_checkpoint(last)
+        started_from = frozen_fingerprint(model, cfg)
         model.load_state_dict(ckpt.weights, strict=False)
+        if frozen_fingerprint(model, cfg) != started_from:
+            # every site builds its frozen towers from the starting checkpoint: they would refuse every round
+            raise ValueError(f"{last}: this federation was started from another checkpoint (its frozen towers "
+                             f"differ from {cfg.fed.init_checkpoint or 'a fresh model'}); to start over, choose a "
+                             f"new fed.run_name or fed.output_dir")
         start, run_id = ckpt.step, ckpt.state.get("mlflow_run_id")
         history = list(ckpt.state.get("history", []))
         print(f"[ovseg-fl] resuming from {last} (round {start})", flush=True)
