@@ -2,7 +2,7 @@
 hybrid (2 caption + 2 segmentation sites) against caption-only (4 caption sites), on the synthetic world.
 
     python bench/fl_hybrid.py [--init CKPT | --pretrain-steps 300] [--rounds 5] [--local-steps 20] \
-        [--seeds 0,1] [--out runs/bench-fl-hybrid]
+        [--seeds 0,1] [--out runs/bench-fl-hybrid] [--set eval.bg_thresh=0.2 ...]
 
 Without --init, the tiny model is first pretrained on captions alone (stage 1, in-process) for
 --pretrain-steps steps and saved; every federation starts from that checkpoint. Each federation is a Flower
@@ -47,7 +47,8 @@ def pretrain(out: Path, steps: int, seed: int) -> Path:
     return kept
 
 
-def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_steps: int, seed: int) -> list:
+def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_steps: int, seed: int,
+             extra: dict | None = None) -> list:
     from flwr.simulation import run_simulation
 
     from ovseg.checkpoint import read_checkpoint
@@ -56,7 +57,8 @@ def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_s
     num = len(list(sites.glob("site-*")))
     rc = {"config": "tiny", "seed": seed, "fed.rounds": rounds, "fed.local_steps": local_steps,
           "fed.min_sites": num, "fed.sites_dir": str(sites), "fed.init_checkpoint": str(init),
-          "fed.output_dir": str(out / "runs"), "fed.run_name": name, "fed.lr": 2e-4, "fed.local_batch": 32}
+          "fed.output_dir": str(out / "runs"), "fed.run_name": name, "fed.lr": 2e-4, "fed.local_batch": 32,
+          **(extra or {})}
     run_simulation(make_server_app(rc), make_client_app(run_config=rc), num_supernodes=num,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": os.cpu_count() or 2, "num_gpus": 0}})
@@ -66,13 +68,14 @@ def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--init", default=None, help="a caption-pretrained checkpoint (default: pretrain one)")
+    p.add_argument("--init", default=None, help="a caption-pretrained checkpoint, or a pretraining run's folder (default: pretrain one)")
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--out", default="runs/bench-fl-hybrid")
+    p.add_argument("--set", nargs="*", default=[], help="dotted run-config overrides for every federation")
     args = p.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     from ovseg.config import load_config
@@ -82,7 +85,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_synthetic_world(load_config("tiny"))
-    init = Path(args.init) if args.init else pretrain(out, args.pretrain_steps, 0)
+    from ovseg.checkpoint import find_checkpoint
+
+    init = find_checkpoint(args.init) if args.init else pretrain(out, args.pretrain_steps, 0)
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set takes key=value, got {item!r}")
+        extra[key] = value
     setups = {"caption-only": ["caption"] * 4, "hybrid": ["caption", "caption", "segmentation", "segmentation"]}
     results: dict[str, list[list[float]]] = {k: [] for k in setups}
     t0 = time.perf_counter()
@@ -91,7 +102,7 @@ def main() -> None:
             sites = out / f"sites-{name}-s{seed}"
             if not (sites / "federation.json").is_file():
                 split_world(world, sites, kinds, alpha=args.alpha, seed=seed)
-            curve = federate(init, sites, f"{name}-s{seed}", out, args.rounds, args.local_steps, seed)
+            curve = federate(init, sites, f"{name}-s{seed}", out, args.rounds, args.local_steps, seed, extra)
             results[name].append(curve)
             print(f"{name} seed {seed}: " + " ".join(f"{v:.4f}" for v in curve), flush=True)
     print(f"\n{args.rounds} rounds x {args.local_steps} local steps x 4 sites, batch 32, from {init} "

@@ -12,7 +12,8 @@ from ovseg.models.text import resolve_dir
 from ovseg.models.vision import GroupViT
 
 G = load_config("tiny").model.vision.num_output_groups[-1]  # the tiny model's final groups
-PATCH_STEM = ["model.vision.stem=patch"]  # DINO/ViT weights map onto the paper's linear patch embedding
+# DINO/ViT weights map onto the paper's linear patch embedding, and a 4-block ViT onto 2 + 2 blocks
+PATCH_STEM = ["model.vision.stem=patch", "model.vision.depths=[2,2]"]
 
 
 def test_paper_vision_tower_has_100_05m_parameters():
