@@ -68,7 +68,8 @@ def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--init", default=None, help="a caption-pretrained checkpoint, or a pretraining run's folder (default: pretrain one)")
+    p.add_argument("--init", default=None,
+                   help="a caption-pretrained checkpoint, or a pretraining run's folder (default: pretrain one)")
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=20)
@@ -78,6 +79,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="dotted run-config overrides for every federation")
     args = p.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
+    from ovseg.checkpoint import find_checkpoint
     from ovseg.config import load_config
     from ovseg.data.sites import split_world
     from ovseg.trainer import ensure_synthetic_world
@@ -85,8 +87,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_synthetic_world(load_config("tiny"))
-    from ovseg.checkpoint import find_checkpoint
-
     init = find_checkpoint(args.init) if args.init else pretrain(out, args.pretrain_steps, 0)
     extra = {}
     for item in args.set:
