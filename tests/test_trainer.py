@@ -146,3 +146,19 @@ def test_world_options_reach_the_generated_world(tmp_path):
     manifest = json.loads((ensure_synthetic_world(cfg) / "manifest.json").read_text())
     assert (manifest["config"]["min_scale"], manifest["config"]["max_scale"], manifest["config"]["max_objects"]) \
         == (0.4, 0.7, 2)
+
+
+def test_seed_decides_the_initial_weights_and_every_rank_starts_alike(tmp_path):
+    """Reference: a model built right after torch.manual_seed(seed); the global RNG state beforehand must not matter."""
+    from ovseg import build_model
+
+    torch.manual_seed(12345)  # whatever ran before must not leak into the weights
+    rank0 = Pretrainer(load_config("tiny", ["seed=3"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
+    rank1 = Pretrainer(load_config("tiny", ["seed=3"]), WorkerEnv(rank=1, world_size=2, scratch=tmp_path))
+    other = Pretrainer(load_config("tiny", ["seed=4"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
+    for k, v in rank0.items():
+        assert torch.equal(v, rank1.model.state_dict()[k]), k
+    torch.manual_seed(3)
+    expect = build_model(load_config("tiny", ["seed=3"])).state_dict()
+    assert all(torch.equal(rank0[k], expect[k]) for k in expect)
+    assert not all(torch.equal(rank0[k], other[k]) for k in rank0 if rank0[k].dtype.is_floating_point)
