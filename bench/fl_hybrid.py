@@ -80,7 +80,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     from ovseg.checkpoint import find_checkpoint
-    from ovseg.config import load_config
+    from ovseg.config import flat_overrides, load_config
     from ovseg.data.sites import split_world
     from ovseg.trainer import ensure_synthetic_world
 
@@ -88,12 +88,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     world = ensure_synthetic_world(load_config("tiny"))
     init = find_checkpoint(args.init) if args.init else pretrain(out, args.pretrain_steps, 0)
-    extra = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes key=value, got {item!r}")
-        extra[key] = value
+    extra = flat_overrides(args.set)
     setups = {"caption-only": ["caption"] * 4, "hybrid": ["caption", "caption", "segmentation", "segmentation"]}
     results: dict[str, list[list[float]]] = {k: [] for k in setups}
     t0 = time.perf_counter()

@@ -286,15 +286,24 @@ def merge_dicts(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["model.vision.depths=[2,2]", "seed=3"]`` -> nested dict; values are parsed as YAML."""
-    nested: dict = {}
+def flat_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["fed.rounds=3", "seed=1"]`` -> ``{"fed.rounds": "3", "seed": "1"}``: dotted keys, raw text values
+    (the form a Flower run config takes)."""
+    flat: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override '{item}' is not of the form dotted.key=value")
+        flat[key.strip()] = raw
+    return flat
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["model.vision.depths=[2,2]", "seed=3"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict = {}
+    for key, raw in flat_overrides(overrides).items():
         node = nested
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw) if raw.strip() else ""

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. fed.rounds=5")
     args = p.parse_args(argv)
 
-    from ovseg.config import load_config
+    from ovseg.config import flat_overrides, load_config
     from ovseg.data.sites import split_world
     from ovseg.trainer import ensure_synthetic_world
 
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulate: error: {sites} holds no site-* folders (make them with platform/make_sites.py)",
               file=sys.stderr)
         return 2
-    run_config = {"config": args.config, "fed.sites_dir": str(Path(sites).resolve())}
-    for item in args.overrides:
-        key, _, raw = item.partition("=")
-        run_config[key.strip()] = raw
+    run_config = {"config": args.config, "fed.sites_dir": str(Path(sites).resolve()),
+                  **flat_overrides(args.overrides)}
     if "fed.min_sites" not in run_config:
         run_config["fed.min_sites"] = str(num)
 
