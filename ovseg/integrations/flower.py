@@ -412,14 +412,14 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     cfg = config_from_run(run_config)
     model, cfg = build_site_model(cfg, cfg.fed.init_checkpoint)
     keys = exchange_keys(model, cfg)
+    fingerprint = frozen_fingerprint(model, cfg)
     ckpt_dir = Path(cfg.fed.output_dir) / cfg.fed.run_name
     start, run_id, history = 0, None, []
     last = latest_round(ckpt_dir)
     if last is not None:
         ckpt = read_checkpoint(last)
-        started_from = frozen_fingerprint(model, cfg)
         model.load_state_dict(ckpt.weights, strict=False)
-        if frozen_fingerprint(model, cfg) != started_from:
+        if frozen_fingerprint(model, cfg) != fingerprint:
             # every site builds its frozen towers from the starting checkpoint: they would refuse every round
             raise ValueError(f"{last}: this federation was started from another checkpoint (its frozen towers "
                              f"differ from {cfg.fed.init_checkpoint or 'a fresh model'}); to start over, choose a "
@@ -431,7 +431,6 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     if last is None:
         tracker.log_params(flatten(cfg))
     eval_sets = parse_eval_sets(cfg.eval.datasets, synthetic_root(cfg) / "val")
-    fingerprint = frozen_fingerprint(model, cfg)
     strategy = GuardedStrategy(build_strategy(cfg), cfg, keys, tracker, step_offset=start)
     remaining = cfg.fed.rounds - start
     print(f"[ovseg-fl] {cfg.fed.strategy}: {len(keys)} tensors travel "
