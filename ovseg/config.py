@@ -40,7 +40,10 @@ class VisionConfig:
     # BatchNorm + ReLU, log2(patch_size) times, then a 1x1 projection; Xiao et al. 2021, "Early convolutions
     # help transformers see better") that yields the same token grid. For small models trained from scratch.
     stem: str = "patch"
-    hard_assignment: bool = True  # Gumbel-softmax hard assignment (straight-through) in training
+    hard_assignment: bool = True  # one-hot assignment (straight-through gradients) in training
+    # Gumbel noise on the assignment logits in training (GroupViT's default). False: the noise-free argmax,
+    # as at inference (GroupViT's AssignAttention has the same switch)
+    gumbel: bool = True
     gumbel_tau: float = 1.0
     assign_eps: float = 1.0  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
     norm_eps: float = 1e-5

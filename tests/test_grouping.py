@@ -34,6 +34,24 @@ def test_eval_assignment_is_noise_free_argmax_of_the_soft_map():
     assert torch.allclose(a1.soft.sum(1), torch.ones(1, 10))
 
 
+def test_without_gumbel_training_assigns_by_the_plain_argmax_and_still_passes_gradients():
+    torch.manual_seed(0)
+    m = AssignAttention(16, hard=True, gumbel_tau=1.0, assign_eps=1.0, gumbel=False).train()
+    groups = torch.randn(2, 4, 16, requires_grad=True)
+    tokens = torch.randn(2, 10, 16, requires_grad=True)
+    (o1, a1), (o2, a2) = m(groups, tokens), m(groups, tokens)
+    assert torch.equal(o1, o2)  # no noise: the same input pools the same way every time
+    raw = m.q_proj(groups) @ m.k_proj(tokens).transpose(1, 2) * 16 ** -0.5
+    assert torch.equal(a1.hard.detach().argmax(1), raw.argmax(1))
+    with_noise = AssignAttention(16, hard=True, gumbel_tau=1.0, assign_eps=1.0).train()
+    with_noise.load_state_dict(m.state_dict())
+    assert any(not torch.equal(with_noise(groups, tokens)[1].hard.argmax(1), raw.argmax(1)) for _ in range(20))
+    o1.square().sum().backward()
+    assert m.q_proj.weight.grad.abs().sum() > 0  # straight-through: the assignment's logits get a gradient
+    vis = GroupViT(load_config("tiny", ["model.vision.gumbel=false"]).model.vision)
+    assert all(not blk.downsample.assign.gumbel for blk in vis.layers if blk.downsample is not None)
+
+
 def test_assign_eps_one_is_a_mean_pool_written_by_hand():
     m = _assign(dim=8).eval()
     groups, tokens = torch.randn(1, 3, 8), torch.randn(1, 7, 8)

@@ -50,7 +50,7 @@ class AssignAttention(nn.Module):
     """Single-head attention from groups (queries) to tokens (keys), normalised over groups."""
 
     def __init__(self, dim: int, qkv_bias: bool = True, hard: bool = True, gumbel_tau: float = 1.0,
-                 assign_eps: float = 1.0):
+                 assign_eps: float = 1.0, gumbel: bool = True):
         super().__init__()
         self.scale = dim ** -0.5
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
@@ -58,13 +58,14 @@ class AssignAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.hard = hard
+        self.gumbel = gumbel
         self.gumbel_tau = gumbel_tau
         self.assign_eps = assign_eps
 
     def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, GroupAttention]:
         q, k, v = self.q_proj(groups), self.k_proj(tokens), self.v_proj(tokens)  # (B,G,D) (B,N,D) (B,N,D)
         raw = q @ k.transpose(1, 2) * self.scale  # (B, G, N)
-        if self.hard and self.training:
+        if self.hard and self.training and self.gumbel:
             assign = gumbel_softmax(raw, self.gumbel_tau, hard=True, dim=1)
         elif self.hard:
             assign = hard_softmax(raw, dim=1)
@@ -79,7 +80,8 @@ class GroupingBlock(nn.Module):
     """Tokens (B, N, D) + group tokens (B, S, D) -> grouped tokens (B, G, out_dim)."""
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_tokens: int, num_output_groups: int,
-                 hard: bool = True, gumbel_tau: float = 1.0, assign_eps: float = 1.0, norm_eps: float = 1e-5):
+                 hard: bool = True, gumbel_tau: float = 1.0, assign_eps: float = 1.0, norm_eps: float = 1e-5,
+                 gumbel: bool = True):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim, eps=norm_eps)
         # token-mixing MLP: S group tokens -> G output groups, hidden width D/2 (GroupViT mlp_ratio (0.5, 4))
@@ -87,7 +89,7 @@ class GroupingBlock(nn.Module):
         self.norm_post_tokens = nn.LayerNorm(dim, eps=norm_eps)
         self.norm_x = nn.LayerNorm(dim, eps=norm_eps)
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, post_norm=True, norm_eps=norm_eps)
-        self.assign = AssignAttention(dim, hard=hard, gumbel_tau=gumbel_tau, assign_eps=assign_eps)
+        self.assign = AssignAttention(dim, hard=hard, gumbel_tau=gumbel_tau, assign_eps=assign_eps, gumbel=gumbel)
         self.norm_new_x = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp_channels = Mlp(dim, 4 * dim, out_dim)
         self.reduction = nn.Linear(dim, out_dim, bias=False) if out_dim != dim else nn.Identity()

@@ -88,7 +88,8 @@ class GroupingStage(nn.Module):
         if index < len(cfg.depths) - 1:
             self.downsample = GroupingBlock(
                 dim, dim, cfg.num_heads[index], n_tok, cfg.num_output_groups[index], hard=cfg.hard_assignment,
-                gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, norm_eps=cfg.norm_eps)
+                gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, norm_eps=cfg.norm_eps,
+                gumbel=cfg.gumbel)
 
     def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None):
         B, N, _ = x.shape
