@@ -3,8 +3,8 @@
 OVSegmentor uses GroupViT's block unchanged (author, OVSegmentor#5): learnable group tokens are mixed by a
 token-MLP into the output groups, refined by a post-norm cross-attention over the image tokens, and then
 every image token is assigned to exactly one group by a single-head attention whose softmax runs over the
-GROUP axis. Training uses a Gumbel-softmax with a hard one-hot (straight-through gradients); inference uses
-the noise-free argmax. Dividing by (sum + 1) makes each group a mean pool of its tokens (assign_eps = 1).
+GROUP axis. Training uses a Gumbel-softmax with a hard one-hot (straight-through gradients; without the noise
+when ``gumbel`` is off); inference uses the noise-free argmax. Dividing by (sum + 1) makes each group a mean pool of its tokens (assign_eps = 1).
 """
 
 from __future__ import annotations
