@@ -93,6 +93,9 @@ class LossConfig:
     # GroupViT's multi-label contrast of each image's best group with prompts of its caption's entities
     # (losses.multilabel_group_loss). Not part of OVSegmentor: 0 reproduces the paper.
     multilabel_weight: float = 0.0
+    # mean cosine between the projected embeddings of an image's groups, penalised (losses.group_diversity_loss).
+    # Not part of OVSegmentor: 0 reproduces the paper.
+    group_diversity_weight: float = 0.0
 
 
 @dataclass(frozen=True)

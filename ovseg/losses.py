@@ -139,6 +139,19 @@ def multilabel_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> 
     return 0.5 * (i2t + t2i)
 
 
+def group_diversity_loss(group_emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between the different groups of each image (an option, not the paper's).
+
+    group_emb: (B, G, E) L2-normalised. Averaged over the B * G * (G - 1) ordered pairs g != g'; 0 with one group.
+    """
+    B, G = group_emb.shape[:2]
+    if G < 2:
+        return group_emb.sum() * 0.0
+    gram = group_emb.float() @ group_emb.float().transpose(1, 2)  # (B, G, G)
+    off = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
+    return (off / (G * (G - 1))).mean()
+
+
 def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[str, torch.Tensor] | None = None,
                    gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total of whichever losses the model's outputs allow, and each part (unweighted).
@@ -172,6 +185,9 @@ def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[st
     if "group_class_logits" in out and batch.get("entity_targets") is not None and cfg.multilabel_weight:
         parts["loss_multilabel"] = multilabel_group_loss(out["group_class_logits"], batch["entity_targets"])
         total = total + cfg.multilabel_weight * parts["loss_multilabel"]
+    if "group_emb" in out and cfg.group_diversity_weight:
+        parts["loss_diversity"] = group_diversity_loss(out["group_emb"])
+        total = total + cfg.group_diversity_weight * parts["loss_diversity"]
     if "group_class_logits" in out and batch.get("label") is not None and cfg.seg_weight:
         parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], batch["label"])
         total = total + cfg.seg_weight * parts["loss_seg"]

@@ -215,3 +215,34 @@ def test_multilabel_group_loss_trains_the_best_group_only_and_enters_the_total()
     assert torch.isclose(total, parts["loss_contrast"] + 0.5 * parts["loss_multilabel"])
     _, off = compute_losses(out, LossConfig(), {"entity_targets": targets})
     assert "loss_multilabel" not in off  # weight 0 (the paper's configs): not computed at all
+
+
+def test_group_diversity_loss_matches_a_plain_loop_over_group_pairs():
+    from ovseg.losses import group_diversity_loss
+
+    g = torch.Generator().manual_seed(5)
+    emb = F.normalize(torch.randn(3, 4, 6, generator=g), dim=-1)
+    pairs = []
+    for b in range(3):
+        for i in range(4):
+            for j in range(4):
+                if i != j:
+                    pairs.append(sum(float(emb[b, i, e]) * float(emb[b, j, e]) for e in range(6)))
+    assert math.isclose(float(group_diversity_loss(emb)), sum(pairs) / len(pairs), rel_tol=1e-5, abs_tol=1e-7)
+    same = F.normalize(torch.ones(2, 3, 5), dim=-1)  # an image whose groups all coincide: the maximum, 1
+    assert math.isclose(float(group_diversity_loss(same)), 1.0, rel_tol=1e-6)
+    assert float(group_diversity_loss(torch.eye(3)[None])) == 0.0  # orthogonal groups
+    assert float(group_diversity_loss(emb[:, :1])) == 0.0  # a single group has no pair
+
+
+def test_group_diversity_loss_enters_the_total_only_with_a_weight():
+    from ovseg.losses import group_diversity_loss
+
+    emb = F.normalize(torch.randn(2, 3, 4), dim=-1)
+    out = {"image_emb": F.normalize(torch.randn(2, 4), dim=-1), "text_emb": F.normalize(torch.randn(2, 4), dim=-1),
+           "logit_scale": torch.tensor(10.0), "group_emb": emb}
+    total, parts = compute_losses(out, LossConfig(group_diversity_weight=0.5))
+    assert torch.isclose(parts["loss_diversity"], group_diversity_loss(emb))
+    assert torch.isclose(total, parts["loss_contrast"] + 0.5 * parts["loss_diversity"])
+    _, off = compute_losses(out, LossConfig())
+    assert "loss_diversity" not in off  # weight 0 (the paper's configs): not computed at all

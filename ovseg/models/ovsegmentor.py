@@ -74,8 +74,10 @@ class OVSegmentor(nn.Module):
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         vis = self.vision(batch["image"])
+        group_emb = F.normalize(self.img_projector(vis.tokens), dim=-1)  # (B, G, E)
         out = {
             "image_emb": F.normalize(self.img_projector(vis.tokens.mean(1)), dim=-1),
+            "group_emb": group_emb,
             "text_emb": self.encode_text(batch["caption_ids"], batch["caption_mask"]),
             "logit_scale": self.scale(),
         }
@@ -88,9 +90,8 @@ class OVSegmentor(nn.Module):
             out.update(self._cross_image_masks(vis, batch))
         if "class_ids" in batch:
             class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
-            group_emb = F.normalize(self.img_projector(vis.tokens), dim=-1)  # (B, G, E)
             out["group_class_logits"] = out["logit_scale"] * group_emb @ class_emb.t()  # (B, G, C)
-            out["class_emb"], out["group_emb"] = class_emb, group_emb
+            out["class_emb"] = class_emb
             out["assign"] = flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid)  # (B, G, h, w)
         return out
 
