@@ -1,6 +1,6 @@
 """The paper's ablation on the synthetic world: contrastive only / + entity completion / + mask consistency.
 
-    python bench/ablation.py [--seeds 0,1] [--config tiny] [--out runs/bench-ablation] [--set key=value ...]
+    python bench/ablation.py [--seeds 0,1,2] [--config tiny] [--out runs/bench-ablation] [--set key=value ...]
 
 Each row is the main job's recipe (the config's schedule, evaluation and fixed background threshold) with
 the losses switched as in OVSegmentor's Table 4, trained in-process (the same Pretrainer that Ray Train runs)
@@ -73,7 +73,7 @@ def background_baseline(config: str, extra: list[str]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", default="runs/bench-ablation")
     p.add_argument("--set", nargs="*", default=[], help="dotted overrides for every run")
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"\n{args.config} {' '.join(args.set)}; all-background baseline {baseline:.4f}\n")
     print("| losses | final zero-shot mIoU (mean) | per seed |\n|---|---|---|")
     for row in ROWS:
-        finals = [r["final"] for r in runs if r["row"] == row]
+        finals = [r["final"] for r in sorted(runs, key=lambda r: r["seed"]) if r["row"] == row]
         if finals:
             print(f"| {row} | {sum(finals) / len(finals):.4f} | {' / '.join(f'{v:.4f}' for v in finals)} |")
     import matplotlib
@@ -107,10 +107,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     colours = dict(zip(ROWS, ("tab:blue", "tab:orange", "tab:green")))
-    for r in runs:
+    styles = ("-", "--", ":", "-.")
+    for r in sorted(runs, key=lambda r: (ROWS.index(r["row"]), r["seed"])):
         steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
         ax.plot(steps, values, marker="o", color=colours[r["row"]], alpha=0.85,
-                linestyle="-" if r["seed"] == 0 else "--", label=f"{r['row']} (seed {r['seed']})")
+                linestyle=styles[r["seed"] % len(styles)], label=f"{r['row']} (seed {r['seed']})")
     ax.axhline(baseline, color="grey", linewidth=1, label="all background")
     ax.set_xlabel("step")
     ax.set_ylabel("zero-shot mIoU (synthetic val)")

@@ -119,17 +119,21 @@ def test_an_unreachable_tracking_server_does_not_stop_training(world, tmp_path, 
     assert trainer.step == 2
 
 
-def test_multilabel_option_is_trained_and_logged_in_both_stages(world, tmp_path):
+def test_multilabel_and_diversity_options_are_trained_and_logged_in_both_stages(world, tmp_path):
     tracker = _Recorder()
-    cfg = _cfg(world, tmp_path, "loss.multilabel_weight=0.5", "train.stage1_steps=2", "train.stage2_steps=1")
+    cfg = _cfg(world, tmp_path, "loss.multilabel_weight=0.5", "loss.group_diversity_weight=0.25",
+               "train.stage1_steps=2", "train.stage2_steps=1")
     Pretrainer(cfg, WorkerEnv(report=_Reports(tmp_path), scratch=tmp_path / "scratch"), tracker).run()
     logged = [m for _, m in tracker.metrics if "train/loss" in m]
     assert len(logged) == 3 and all(math.isfinite(m["train/loss_multilabel"]) for m in logged)
+    # a mean cosine between an image's groups: finite and within [-1, 1]
+    assert all(-1.0 <= m["train/loss_diversity"] <= 1.0 for m in logged)
     plain = _Recorder()
     Pretrainer(_cfg(world, tmp_path / "p", "train.stage1_steps=1", "train.stage2_steps=0",
-                    "loss.multilabel_weight=0"),
+                    "loss.multilabel_weight=0", "loss.group_diversity_weight=0"),
                WorkerEnv(report=_Reports(tmp_path), scratch=tmp_path / "s2"), plain).run()
-    assert not any("train/loss_multilabel" in m for _, m in plain.metrics)  # weight 0 (the paper's): not computed
+    # weight 0 (the paper's configs): neither is computed
+    assert not any("train/loss_multilabel" in m or "train/loss_diversity" in m for _, m in plain.metrics)
 
 
 def test_world_options_reach_the_generated_world(tmp_path):
