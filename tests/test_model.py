@@ -170,6 +170,19 @@ def test_class_prompt_path_gives_group_class_logits(tiny_model):
     assert out["assign"].shape == (2, G, 8, 8)
 
 
+def test_every_training_forward_gives_the_group_embeddings_of_encode_image(tiny_model):
+    # a caption-only batch (no class prompts, as with the paper's configs) still yields the group embeddings
+    # the diversity term reads, and they are the ones zero-shot segmentation reads through encode_image
+    m, tok = tiny_model.eval(), tiny_model.tokenizer
+    ids, mask = tok(["a cat", "a dog"])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = m({"image": images, "caption_ids": ids, "caption_mask": mask})
+        _, group_emb, _ = m.encode_image(images)
+    assert "class_emb" not in out and out["group_emb"].shape == (2, G, 128)
+    assert torch.allclose(out["group_emb"], group_emb, atol=1e-6)
+
+
 def test_conv_stem_gives_the_patch_grid_and_drops_partial_patches():
     from ovseg.models.vision import ConvStem
     cfg = load_config("tiny", ["model.vision.stem=conv"]).model.vision
