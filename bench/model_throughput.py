@@ -32,7 +32,7 @@ def run_one(name: str, batch: int, steps: int, device: str, bf16: bool, text_tok
 
     from ovseg import build_model
     from ovseg.config import LossConfig
-    from ovseg.engine import build_optimizer, train_step
+    from ovseg.train.engine import build_optimizer, train_step
 
     model = build_model(name).to(device)
     cfg = model.config

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from ovseg import build_model
 from ovseg.data.entities import ANSWER_TEMPLATES, EntityMatcher, answer_prompt
 from ovseg.data.synthetic import DEFAULT_CLASSES, SyntheticConfig, render_scene
+from ovseg.eval.metrics import ConfusionMatrix
+from ovseg.eval.segment import IMAGENET_MEAN, IMAGENET_STD, group_class_scores, text_bank
 from ovseg.losses import compute_losses
-from ovseg.metrics import ConfusionMatrix
-from ovseg.segment import IMAGENET_MEAN, IMAGENET_STD, group_class_scores, text_bank
 
 CACHE = Path("/tmp/recipe")
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
@@ -255,7 +255,7 @@ def main(argv=None):
     loss_cfg = model.config.loss
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config overrides {args.set}; params {n_params / 1e6:.2f}M; loss {loss_cfg}", flush=True)
-    from ovseg.engine import build_optimizer
+    from ovseg.train.engine import build_optimizer
     opt = build_optimizer(model, args.lr, args.wd)
     prompts = [f"a photo of a {e}." for e in tr.vocab]
     p_ids, p_mask = model.tokenizer(prompts, padding="longest")

@@ -9,9 +9,9 @@ The core never imports Ray, Flower or MLflow; those live in ``ovseg.integrations
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, load_config
-from .metrics import ConfusionMatrix
+from .eval.metrics import ConfusionMatrix
+from .eval.segment import segment
 from .models import build_model
-from .segment import segment
 
 __all__ = ["Config", "ConfusionMatrix", "build_model", "load_checkpoint", "load_config", "save_checkpoint", "segment"]
 __version__ = "0.1.0"

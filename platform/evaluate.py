@@ -24,7 +24,7 @@ import sys
 
 def _benchmarks(specs, cfg):
     from ovseg.data.benchmarks import build_benchmark
-    from ovseg.trainer import ensure_synthetic_world, synthetic_root
+    from ovseg.data.synthetic_world import ensure_synthetic_world, synthetic_root
 
     out = []
     for spec in specs:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from ovseg.checkpoint import find_checkpoint, load_checkpoint
     from ovseg.config import Config, flatten, from_dict, merge_dicts, parse_overrides, to_dict
     from ovseg.data.shardio import atomic_write_bytes
-    from ovseg.evaluate import describe_protocol, evaluate
+    from ovseg.eval.evaluate import describe_protocol, evaluate
     from ovseg.tracking import MlflowTracker, NullTracker
 
     try:

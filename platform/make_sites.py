@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     from ovseg.config import load_config
-    from ovseg.data.sites import split_world
-    from ovseg.trainer import ensure_synthetic_world
+    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.federated.split import split_world
 
     try:
         world = args.world or ensure_synthetic_world(load_config("tiny"))

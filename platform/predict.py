@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ovseg.checkpoint import find_checkpoint, load_checkpoint
     from ovseg.data.shardio import atomic_write_bytes
-    from ovseg.segment import segment
-    from ovseg.visualize import label_image, overlay_with_legend, png_bytes
+    from ovseg.eval.segment import segment
+    from ovseg.eval.visualize import label_image, overlay_with_legend, png_bytes
 
     try:
         names = _class_names(args.classes, args.background)

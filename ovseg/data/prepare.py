@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from ovseg.data.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
 from ovseg.data.pairing import pair_candidates
-from ovseg.data.shards import SkipSample, expand_urls, image_bytes, read_caption, read_shard, write_tar_atomic
 from ovseg.data.shardio import atomic_write_bytes
+from ovseg.data.shards import SkipSample, expand_urls, image_bytes, read_caption, read_shard, write_tar_atomic
 
 log = logging.getLogger(__name__)
 TABLE_SUFFIXES = (".tsv", ".parquet")

@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovseg.data.synthetic_shapes import (BACKGROUNDS, CLASS_STYLES, SHAPES, TEXTURES, cluttered_background,
-                                         local_frame, random_colour_pair)
+from ovseg.data.synthetic_shapes import (
+    BACKGROUNDS,
+    CLASS_STYLES,
+    SHAPES,
+    TEXTURES,
+    cluttered_background,
+    local_frame,
+    random_colour_pair,
+)
 
 DEFAULT_CLASSES = ("cat", "dog", "car", "bird", "boat", "bicycle", "sofa", "clock", "umbrella", "house")
 # CC4M syn_dict surface forms (reference/ovsegmentor.md §5.1) for the classes the world can draw.

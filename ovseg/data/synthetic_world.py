@@ -155,3 +155,41 @@ def generate_world(out_dir: str | Path, seed: int = 0, num_train: int = 10000, n
             pool.join()
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+# ------------------------------------------------------------------ where a config's world lives
+
+
+def synthetic_root(cfg) -> Path:
+    d = cfg.data
+    if d.synthetic_dir:
+        return Path(d.synthetic_dir).expanduser()
+    size = cfg.model.vision.img_size
+    name = f"seed{d.synthetic_seed}-{size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
+    if d.synthetic_background != "cluttered":
+        name += f"-{d.synthetic_background}"
+    if (d.synthetic_min_scale, d.synthetic_max_scale, d.synthetic_max_objects) != (0.3, 0.6, 4):
+        name += f"-scale{d.synthetic_min_scale:g}-{d.synthetic_max_scale:g}-obj{d.synthetic_max_objects}"
+    return Path.home() / ".cache" / "ovseg" / "synthetic" / name
+
+
+def world_config(cfg):
+    """The synthetic world that ``cfg`` trains and evaluates on (``data.synthetic_*``)."""
+    d = cfg.data
+    return SyntheticConfig(image_size=cfg.model.vision.img_size, background=d.synthetic_background,
+                           min_scale=d.synthetic_min_scale, max_scale=d.synthetic_max_scale,
+                           max_objects=d.synthetic_max_objects)
+
+
+def ensure_synthetic_world(cfg) -> Path:
+    """Generate the embedded world on first use (atomic: a half-written world never appears)."""
+    root = synthetic_root(cfg)
+    if not (root / "manifest.json").is_file():
+        print(f"[ovseg] generating the synthetic world into {root} (first use)", flush=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        d = cfg.data
+        generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
+                       num_seg=d.synthetic_seg,
+                       config=world_config(cfg),
+                       num_workers=2, overwrite=root.exists())
+    return root

@@ -1,4 +1,4 @@
-"""Pretraining on Ray Train: a ``TorchTrainer`` whose workers run ``ovseg.trainer.Pretrainer`` under DDP.
+"""Pretraining on Ray Train: a ``TorchTrainer`` whose workers run ``ovseg.train.pretrain.Pretrainer`` under DDP.
 
 Workers, GPUs and CPUs per worker come from ``train.*``. Each worker gets its rank, its device, an
 all-gather that keeps gradients (``torch.distributed.nn``) and a ``report`` that hands rank 0's checkpoint
@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from ..config import Config, from_dict, to_dict
+from ..data.synthetic_world import ensure_synthetic_world
 from ..tracking import MlflowTracker, NullTracker, default_tracking_uri
-from ..trainer import CHECKPOINT_FILE, Pretrainer, WorkerEnv, ensure_synthetic_world
+from ..train.pretrain import CHECKPOINT_FILE, Pretrainer, WorkerEnv
 
 
 def _all_gather(t):

@@ -1,7 +1,7 @@
 """Ray Tune sweeps over the config tree: ASHA on zero-shot mIoU, one MLflow child run per trial.
 
 A search space speaks the dotted config keys (``loss.entity_weight``, ``model.vision.num_output_groups``...).
-Single-worker trials run ``ovseg.trainer.Pretrainer`` inside the function trainable; multi-worker trials
+Single-worker trials run ``ovseg.train.pretrain.Pretrainer`` inside the function trainable; multi-worker trials
 start a Ray Train ``TorchTrainer`` inside it (as Ray 2.55 recommends) and forward its reports to Tune.
 Every report carries ``zeroshot/<dataset>/miou`` (checkpoints are made at each evaluation), so ASHA can stop
 weak trials early, and an interrupted sweep restores from its experiment folder without rerunning
@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, from_dict, merge_dicts, parse_overrides, save_config, to_dict
+from ..data.synthetic_world import ensure_synthetic_world
 from ..tracking import MlflowTracker, default_tracking_uri
-from ..trainer import CHECKPOINT_FILE, Pretrainer, WorkerEnv, ensure_synthetic_world
+from ..train.pretrain import CHECKPOINT_FILE, Pretrainer, WorkerEnv
 
 SAMPLERS = ("choice", "uniform", "loguniform", "randint")
 

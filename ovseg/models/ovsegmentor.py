@@ -42,7 +42,7 @@ class OVSegmentor(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.logit_scale_init)))
         self.momentum_vision: GroupViT | None = None
         self.tokenizer = None  # set by build_model; not a module, never saved with the weights
-        self.text_bank_cache: dict = {}  # class-name embeddings for zero-shot segmentation (ovseg.segment)
+        self.text_bank_cache: dict = {}  # class-name embeddings for zero-shot segmentation (ovseg.eval.segment)
 
     def train(self, mode: bool = True):
         self.text_bank_cache.clear()  # weights may change from here on: cached class embeddings go stale

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .config import LossConfig
-from .losses import Gather, compute_losses
+from ..config import LossConfig
+from ..losses import Gather, compute_losses
 
 Hook = Callable[[int, dict[str, float]], None]
 _NO_DECAY_NAMES = ("logit_scale", "pos_embed", "group_token")

@@ -1,7 +1,7 @@
 """Pictures of label maps: palette PNGs and overlays with a legend, drawn with Pillow only.
 
 A label map is saved as a palette ("P" mode) PNG whose pixel values are the class indices and whose palette
-is the PASCAL VOC colour map (``ovseg.evaluate.palette``), so any viewer shows it in colour and any reader
+is the PASCAL VOC colour map (``ovseg.eval.evaluate.palette``), so any viewer shows it in colour and any reader
 gets the indices back with ``np.array(Image.open(path))``. The overlay blends the image with the same
 colours and adds a legend panel on the right: one row per class, a swatch in the class's exact palette
 colour and its name with the share of pixels. Text is drawn without anti-aliasing in a colour outside the

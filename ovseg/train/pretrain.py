@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
-from .config import Config, flatten, to_dict
+from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from ..config import Config, flatten, to_dict
+from ..data.synthetic_world import synthetic_root
+from ..eval.evaluate import evaluate, parse_eval_sets
+from ..losses import Gather
+from ..models import build_model
+from ..tracking import NullTracker
 from .engine import build_optimizer, train_step
-from .evaluate import evaluate, parse_eval_sets
-from .losses import Gather
-from .models import build_model
-from .tracking import NullTracker
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -48,45 +49,6 @@ def lr_at(step: int, total: int, peak: float, floor: float, warmup: int, warmup_
         return warmup_start + (peak - warmup_start) * step / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def synthetic_root(cfg: Config) -> Path:
-    d = cfg.data
-    if d.synthetic_dir:
-        return Path(d.synthetic_dir).expanduser()
-    size = cfg.model.vision.img_size
-    name = f"seed{d.synthetic_seed}-{size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
-    if d.synthetic_background != "cluttered":
-        name += f"-{d.synthetic_background}"
-    if (d.synthetic_min_scale, d.synthetic_max_scale, d.synthetic_max_objects) != (0.3, 0.6, 4):
-        name += f"-scale{d.synthetic_min_scale:g}-{d.synthetic_max_scale:g}-obj{d.synthetic_max_objects}"
-    return Path.home() / ".cache" / "ovseg" / "synthetic" / name
-
-
-def world_config(cfg: Config):
-    """The synthetic world that ``cfg`` trains and evaluates on (``data.synthetic_*``)."""
-    from .data.synthetic import SyntheticConfig
-
-    d = cfg.data
-    return SyntheticConfig(image_size=cfg.model.vision.img_size, background=d.synthetic_background,
-                           min_scale=d.synthetic_min_scale, max_scale=d.synthetic_max_scale,
-                           max_objects=d.synthetic_max_objects)
-
-
-def ensure_synthetic_world(cfg: Config) -> Path:
-    """Generate the embedded world on first use (atomic: a half-written world never appears)."""
-    from .data.synthetic_world import generate_world
-
-    root = synthetic_root(cfg)
-    if not (root / "manifest.json").is_file():
-        print(f"[ovseg] generating the synthetic world into {root} (first use)", flush=True)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        d = cfg.data
-        generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
-                       num_seg=d.synthetic_seg,
-                       config=world_config(cfg),
-                       num_workers=2, overwrite=root.exists())
-    return root
 
 
 def train_urls(cfg: Config) -> list[str]:
@@ -180,8 +142,8 @@ class Pretrainer:
         return batch, sched, optimizer, self._loader(stage, batch)
 
     def _loader(self, stage: int, batch: int):
-        from .data.caption_sample import transform_kind
-        from .data.captions import build_caption_loader
+        from ..data.caption_sample import transform_kind
+        from ..data.captions import build_caption_loader
 
         cfg = self.cfg
         aug_stage = transform_kind(cfg.data.augment, stage)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tarfile
 from collections import Counter
@@ -29,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ovseg.data.shardio import atomic_write_bytes, decode_label, write_tar
-
-KINDS = ("caption", "segmentation")
+from ..data.shardio import atomic_write_bytes, write_tar
+from .kinds import KINDS
 
 
 def _tar_samples(path: Path):
@@ -52,31 +50,6 @@ def _tar_samples(path: Path):
         yield key, members
 
 
-def _caption_class(members, classes: list[str]) -> int | None:
-    text = next((d.decode("utf-8", "replace") for n, d in members if n.endswith(".txt")), "")
-    best = None
-    for i, name in enumerate(classes):
-        m = re.search(rf"\b{re.escape(name)}\b", text.lower())
-        if m and (best is None or m.start() < best[0]):
-            best = (m.start(), i)
-    return None if best is None else best[1]
-
-
-def _seg_class(members, classes: list[str]) -> int | None:
-    raw = next((d for n, d in members if n.endswith(".seg.png")), None)
-    meta = next((d for n, d in members if n.endswith(".json")), None)
-    if raw is None or meta is None:
-        return None
-    names = json.loads(meta)["classes"]
-    label = decode_label(raw)
-    ids, counts = np.unique(label[(label != 255) & (label < len(names))], return_counts=True)
-    fg = [(c, i) for i, c in zip(ids, counts) if names[i] != "background"]
-    if not fg:
-        return None
-    name = names[max(fg)[1]]
-    return classes.index(name) if name in classes else None
-
-
 def _assign(labels: list[int | None], num_sites: int, num_classes: int, alpha: float,
             rng: np.random.Generator) -> list[int]:
     shares = rng.dirichlet([alpha] * num_sites, size=num_classes + 1)  # last row: samples with no class
@@ -90,7 +63,7 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
     world, out = Path(world), Path(out_dir)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
-        raise ValueError(f"site kinds must be a non-empty list of {KINDS}, got {kinds}")
+        raise ValueError(f"site kinds must be a non-empty list of {tuple(KINDS)}, got {kinds}")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     manifest_path = world / "manifest.json"
@@ -106,7 +79,8 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
     tmp.mkdir(parents=True)
     sites = [{"name": f"site-{i:02d}", "kind": k} for i, k in enumerate(kinds)]
     try:
-        for kind, split, classify in (("caption", "train", _caption_class), ("segmentation", "seg", _seg_class)):
+        for kind, spec in KINDS.items():
+            split, classify = spec.world_split, spec.classify
             members_of = [i for i, s in enumerate(sites) if s["kind"] == kind]
             if not members_of:
                 continue
@@ -125,8 +99,8 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
                     raise ValueError(f"{site['name']} ({kind}) received no samples: raise alpha or the number of "
                                      f"{kind} samples, or use fewer {kind} sites")
                 folder = tmp / site["name"]
-                n_val = int(round(len(mine) * val_fraction)) if kind == "segmentation" else 0
-                parts = {("captions" if kind == "caption" else "seg"): mine[n_val:], "val": mine[:n_val]}
+                n_val = int(round(len(mine) * val_fraction)) if spec.has_val else 0
+                parts = {spec.train_dir: mine[n_val:], "val": mine[:n_val]}
                 for sub, items in parts.items():
                     for start in range(0, len(items), shard_size):
                         chunk = items[start:start + shard_size]

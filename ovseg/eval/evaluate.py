@@ -1,4 +1,4 @@
-"""Zero-shot evaluation over a benchmark: ``ovseg.segment`` on every image, ``ovseg.metrics`` for mIoU.
+"""Zero-shot evaluation over a benchmark: ``ovseg.eval.segment`` on every image, ``ovseg.eval.metrics`` for mIoU.
 
 Used by pretraining (every N steps), the Flower server (every round) and Tune trials (every report).
 Returns the confusion matrix (mergeable), the per-class table and a few overlay images
@@ -116,7 +116,7 @@ def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
 
 def parse_eval_sets(specs, default_root: str | Path | None = None):
     """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``."""
-    from .data.benchmarks import build_benchmark
+    from ..data.benchmarks import build_benchmark
 
     out = []
     for spec in specs:

@@ -1,0 +1,22 @@
+"""Flower glue for the hybrid federation: the only package that imports Flower.
+
+``clients/ovseg_fl/{server_app,client_app}.py`` expose ``make_server_app()`` / ``make_client_app()``; the
+rules (what travels, checks, site kinds, local training) live in ``ovseg.federated`` and are framework-free.
+
+    config.py    a Flower run config -> the ovseg config tree
+    records.py   named tensors <-> ArrayRecords (float32 / bfloat16 transport)
+    guard.py     client mods: privacy guard, DP clipping
+    client.py    the ClientApp (train / evaluate actions on a site's shards)
+    strategy.py  strategy factory and the guard that checks every update before aggregation
+    server.py    the ServerApp: rounds, central evaluation, MLflow, checkpoints, resume
+"""
+
+from .client import make_client_app
+from .config import config_from_run
+from .guard import privacy_guard_mod, privacy_violations
+from .records import record_to_tensors, to_record
+from .server import make_server_app
+from .strategy import GuardedStrategy, build_strategy
+
+__all__ = ["GuardedStrategy", "build_strategy", "config_from_run", "make_client_app", "make_server_app",
+           "privacy_guard_mod", "privacy_violations", "record_to_tensors", "to_record"]

@@ -1,0 +1,45 @@
+"""A Flower run's config -> the ovseg config tree; the names every part of the federation shares.
+
+Run config: ``config`` names the ovseg configuration (``tiny``, a YAML path...); every other key is a dotted
+ovseg override (``fed.rounds``, ``fed.strategy``, ``data.synthetic_dir``...) with a YAML-parsed value, the
+same keys YAML files, the command line and Tune use.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from ...config import Config, from_dict, load_config, merge_dicts, to_dict
+from ...federated.wire import TRANSPORTS
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # the record names of every message
+FINGERPRINT = "frozen-fingerprint"
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian")
+ROUND_FILE = "round-{:04d}.safetensors"
+
+
+def config_from_run(run_config: dict) -> Config:
+    """The ovseg config of a Flower run: ``config`` names it, every other key is a dotted override."""
+    name = str(run_config.get("config", "tiny"))
+    nested: dict = {}
+    for key, value in run_config.items():
+        if key == "config":
+            continue
+        if isinstance(value, str):  # strings are YAML ("[synthetic]" is a list, "null" is None, "" is unset)
+            value = yaml.safe_load(value) if value.strip() else ""
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    cfg = from_dict(Config, merge_dicts(to_dict(load_config(name)), nested))
+    f = cfg.fed
+    if f.strategy not in STRATEGIES:
+        raise ValueError(f"fed.strategy must be one of {STRATEGIES}, got {f.strategy!r}")
+    if f.transport not in TRANSPORTS:
+        raise ValueError(f"fed.transport must be one of {TRANSPORTS}, got {f.transport!r}")
+    if f.dp.noise_multiplier > 0 and f.dp.mode == "client" and f.transport != "float32":
+        raise ValueError("client-side DP clipping works on float32 updates: set fed.transport=float32")
+    if f.dp.mode not in ("server", "client"):
+        raise ValueError(f"fed.dp.mode must be 'server' or 'client', got {f.dp.mode!r}")
+    return cfg

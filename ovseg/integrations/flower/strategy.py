@@ -1,0 +1,161 @@
+"""The server's strategy: any Flower strategy, wrapped so that only checked updates reach aggregation.
+
+The strategy (FedAvg, FedProx, FedAdam, FedTrimmedAvg, FedMedian; optionally wrapped in Flower's
+differential-privacy clipping) sees only updates that passed ``ovseg.federated.wire.check_update``; refusals
+are logged with the node and the reason (MLflow ``fed/refused`` and a text artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as fl_strategy
+
+from ...config import Config
+from ...federated.wire import check_update
+from .config import ARRAYS, METRICS, STRATEGIES
+from .records import from_record, record_to_numpy_f32
+
+log = logging.getLogger("ovseg.flower")
+
+
+def build_strategy(cfg: Config) -> fl_strategy.Strategy:
+    f = cfg.fed
+    common = dict(fraction_train=f.fraction_train, fraction_evaluate=f.fraction_evaluate, min_train_nodes=f.min_sites,
+                  min_evaluate_nodes=0 if f.fraction_evaluate == 0 else 1, min_available_nodes=f.min_sites,
+                  evaluate_metrics_aggr_fn=aggregate_site_eval)
+    if f.strategy == "fedavg":
+        inner = fl_strategy.FedAvg(**common)
+    elif f.strategy == "fedprox":
+        inner = fl_strategy.FedProx(**common, proximal_mu=f.proximal_mu)
+    elif f.strategy == "fedadam":
+        inner = fl_strategy.FedAdam(**common, eta=f.server_lr, eta_l=f.lr)
+    elif f.strategy == "fedtrimmedavg":
+        inner = fl_strategy.FedTrimmedAvg(**common, beta=f.trim_beta)
+    elif f.strategy == "fedmedian":
+        inner = fl_strategy.FedMedian(**common)
+    else:
+        raise ValueError(f"fed.strategy must be one of {STRATEGIES}, got {f.strategy!r}")
+    if f.dp.noise_multiplier > 0:
+        from flwr.serverapp import (
+            NeighboringRelation,
+            PrivacyConfig,
+            RdpAccountant,
+            SamplingMethod,
+        )
+
+        accountant = None
+        if f.strategy == "fedavg":  # Flower's accountant follows FedAvg's aggregation only
+            accountant = RdpAccountant(PrivacyConfig(
+                target_delta=f.dp.delta, population_size=f.min_sites,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        wrapper = (fl_strategy.DifferentialPrivacyServerSideFixedClipping if f.dp.mode == "server"
+                   else fl_strategy.DifferentialPrivacyClientSideFixedClipping)
+        inner = wrapper(inner, f.dp.noise_multiplier, f.dp.clipping_norm, f.min_sites, accountant=accountant)
+    return inner
+
+
+def aggregate_site_eval(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean of the sites' own mIoU over the sites that have a labelled split."""
+    total, acc = 0.0, 0.0
+    for c in contents:
+        m = next(iter(c.metric_records.values()))
+        n = float(m.get(weight_key, 0.0))
+        if n > 0 and "site-miou" in m:
+            total, acc = total + n, acc + n * float(m["site-miou"])
+    return MetricRecord({"site-miou": acc / total, "num-examples": total} if total else {"num-examples": 0.0})
+
+
+class GuardedStrategy(fl_strategy.Strategy):
+    """Wraps any strategy: decodes bf16 updates, refuses malformed ones before aggregation, logs each site."""
+
+    def __init__(self, inner: fl_strategy.Strategy, cfg: Config, keys: list[str], tracker, step_offset: int = 0):
+        self.inner, self.cfg, self.keys, self.tracker, self.offset = inner, cfg, keys, tracker, step_offset
+        self.reference: dict[str, np.ndarray] = {}
+        self.refusals: list[dict] = []
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self.reference = {k: v.astype(np.float64) for k, v in record_to_numpy_f32(arrays).items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        step = self.offset + server_round
+        kept, site_metrics = [], {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self._refuse(step, node, f"the site failed: {msg.error.reason}")
+                continue
+            try:
+                arrays, dtypes = from_record(msg.content[ARRAYS])
+                metrics = dict(msg.content[METRICS])
+            except (KeyError, ValueError, TypeError) as e:
+                self._refuse(step, node, f"unreadable reply: {e}")
+                continue
+            values, reason = check_update(arrays, dtypes, self.reference, self.cfg.fed.transport,
+                                          self.cfg.fed.max_update_norm)
+            if reason is None and not float(metrics.get("num-examples", 0)) > 0:
+                reason = "num-examples must be > 0"
+            if reason is not None:
+                self._refuse(step, node, reason)
+                continue
+            if dtypes and next(iter(dtypes.values())) != "float32":  # aggregate in float32
+                msg.content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in values.items()})
+            kept.append(msg)
+            site_metrics[node] = metrics
+        self._log_sites(step, site_metrics)
+        if not kept:
+            log.warning("round %d: no valid update; the global model stays as it was", step)
+            return None, None
+        arrays, metrics = self.inner.aggregate_train(server_round, kept)
+        if arrays is not None:
+            bad = [k for k, v in arrays.items() if not np.isfinite(v.numpy()).all()]
+            if bad:  # a strategy's own arithmetic (e.g. an adaptive step) must not poison the global model
+                log.error("round %d: the aggregate has non-finite values in %s; keeping the previous model",
+                          step, bad[:3])
+                self._refuse(step, -1, f"aggregate non-finite in {bad[:3]}: previous model kept")
+                arrays = None
+        spent = getattr(self.inner, "privacy_spent", None)
+        if callable(spent) and spent() is not None:
+            p = spent()
+            self.tracker.log_metrics({"dp/epsilon": float(p.epsilon), "dp/delta": float(p.delta)}, step)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if metrics is not None and "site-miou" in metrics:
+            self.tracker.log_metrics({"fed/site_miou": float(metrics["site-miou"])}, self.offset + server_round)
+        return metrics
+
+    def _refuse(self, step: int, node: int, reason: str) -> None:
+        log.warning("round %d: refused the update of node %d: %s", step, node, reason)
+        print(f"[ovseg-fl] round {step}: refused node {node}: {reason}", flush=True)
+        self.refusals.append({"round": step, "node": int(node), "reason": reason})
+        self.tracker.log_text("\n".join(json.dumps(r) for r in self.refusals), "refusals.jsonl")
+
+    def _log_sites(self, step: int, site_metrics: dict[int, dict]) -> None:
+        out = {"fed/sites_accepted": float(len(site_metrics)),
+               "fed/refused": float(sum(r["round"] == step for r in self.refusals))}
+        for node, m in site_metrics.items():
+            for k in ("loss", "loss_contrast", "loss_entity", "loss_seg", "num-examples", "bytes-sent"):
+                if k in m:
+                    out[f"site/{node}/{k.replace('-', '_')}"] = float(m[k])
+        if site_metrics:
+            out["fed/bytes_received"] = float(sum(m.get("bytes-sent", 0.0) for m in site_metrics.values()))
+            n = sum(float(m["num-examples"]) for m in site_metrics.values())
+            out["fed/num_examples"] = n
+            out["train/loss"] = sum(float(m["num-examples"]) * float(m.get("loss", 0.0))
+                                    for m in site_metrics.values()) / n
+        self.tracker.log_metrics(out, step)
