@@ -32,6 +32,7 @@ class Checkpoint:
     text_hf_config: dict | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # training state: stage, data position, tracking run id...
+    source: str = ""  # the file it was read from (error messages)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, step: int = 0,
@@ -83,7 +84,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path}: damaged checkpoint header ({e})") from e
     weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
     extra = {k[len(EXTRA):]: v for k, v in tensors.items() if k.startswith(EXTRA)}
-    return Checkpoint(weights, config, step, metrics, text_cfg, extra, state)
+    return Checkpoint(weights, config, step, metrics, text_cfg, extra, state, str(path))
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -131,19 +132,27 @@ def _stored_step(path: Path) -> int:
         return -1
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """-> (model, config): the model rebuilt from the stored config, weights loaded strictly."""
+def model_from_checkpoint(ckpt: Checkpoint, *, momentum: bool = True):
+    """The model rebuilt from a checkpoint's stored config, its weights loaded (every key must fit).
+
+    ``momentum=False`` leaves the momentum encoder out (a federation never trains or ships it)."""
     from .models import build_model
 
-    ckpt = read_checkpoint(path)
     model = build_model(ckpt.config, text_hf_config=ckpt.text_hf_config, load_pretrained=False)
-    if any(k.startswith("momentum_vision.") for k in ckpt.weights):
+    weights = ckpt.weights
+    if not momentum:
+        weights = {k: v for k, v in weights.items() if not k.startswith("momentum_vision.")}
+    elif any(k.startswith("momentum_vision.") for k in weights):
         model.init_momentum()
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the stored config: missing {missing[:5]}, "
+        raise ValueError(f"{ckpt.source}: weights do not fit the stored config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    model.checkpoint_step = ckpt.step
-    model.checkpoint_metrics = ckpt.metrics
-    model.checkpoint_state = ckpt.state
-    return model.to(map_location), ckpt.config
+    return model
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """-> (model, config): the model rebuilt from the stored config, weights loaded strictly. For the step,
+    metrics and state as well, use ``read_checkpoint`` and ``model_from_checkpoint``."""
+    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt).to(map_location), ckpt.config

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from .config import LossConfig
-
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -150,45 +148,3 @@ def group_diversity_loss(group_emb: torch.Tensor) -> torch.Tensor:
     gram = group_emb.float() @ group_emb.float().transpose(1, 2)  # (B, G, G)
     off = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
     return (off / (G * (G - 1))).mean()
-
-
-def compute_losses(out: dict[str, torch.Tensor], cfg: LossConfig, batch: dict[str, torch.Tensor] | None = None,
-                   gather: Gather | None = None, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted total of whichever losses the model's outputs allow, and each part (unweighted).
-
-    From ``batch``: ``caption_valid`` (rows that enter the image-text contrast; segmentation batches leave
-    out repeated class-name captions, which would be each other's false negatives), ``has_entity`` (rows that
-    enter entity completion), ``has_pair`` (rows whose paired
-    image shares an entity: the mask loss), ``label`` (segmentation data), ``entity_targets`` (caption x batch
-    entity multi-hot: the optional multi-label loss).
-    """
-    batch = batch or {}
-    scale = out["logit_scale"]
-    parts = {"loss_contrast": contrastive_loss(out["image_emb"], out["text_emb"], scale, gather, rank,
-                                               valid=batch.get("caption_valid"))}
-    total = cfg.contrast_weight * parts["loss_contrast"]
-    if "entity_emb" in out and cfg.entity_weight:
-        parts["loss_entity"] = contrastive_loss(out["entity_emb"], out["answer_emb"], scale, gather, rank,
-                                                valid=batch.get("has_entity"))
-        total = total + cfg.entity_weight * parts["loss_entity"]
-    if "mask_pred" in out and cfg.mask_weight:
-        rows = batch.get("has_pair")
-        rows = rows if rows is not None else torch.ones(out["mask_pred"].shape[0], dtype=torch.bool,
-                                                        device=out["mask_pred"].device)
-        if rows.any():
-            parts["loss_mask"] = mask_consistency_loss(
-                out["mask_pred"][rows], out["mask_target"][rows], out["mask_relevance"][rows], size=cfg.mask_size,
-                threshold=cfg.mask_threshold, group_ratio=cfg.group_ratio)
-        else:
-            parts["loss_mask"] = out["mask_pred"].sum() * 0.0
-        total = total + cfg.mask_weight * parts["loss_mask"]
-    if "group_class_logits" in out and batch.get("entity_targets") is not None and cfg.multilabel_weight:
-        parts["loss_multilabel"] = multilabel_group_loss(out["group_class_logits"], batch["entity_targets"])
-        total = total + cfg.multilabel_weight * parts["loss_multilabel"]
-    if "group_emb" in out and cfg.group_diversity_weight:
-        parts["loss_diversity"] = group_diversity_loss(out["group_emb"])
-        total = total + cfg.group_diversity_weight * parts["loss_diversity"]
-    if "group_class_logits" in out and batch.get("label") is not None and cfg.seg_weight:
-        parts["loss_seg"] = supervised_mask_loss(out["assign"], out["group_class_logits"], batch["label"])
-        total = total + cfg.seg_weight * parts["loss_seg"]
-    return total, parts

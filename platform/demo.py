@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     model = ovseg.build_model(args.config)
     n_params = sum(p.numel() for p in model.parameters())
     names = args.classes.split(",")
-    labels = ovseg.eval.segment(model, _scene(), names)
+    labels = ovseg.segment(model, _scene(), names)
     counts = np.bincount(labels.ravel(), minlength=len(names))
     print(f"model {args.config}: {n_params / 1e6:.2f} M parameters; segmented a 375 x 500 image into {names}")
     for name, c in zip(names, counts):

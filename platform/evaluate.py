@@ -71,23 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from ovseg.checkpoint import find_checkpoint, load_checkpoint
+    from ovseg.checkpoint import find_checkpoint, model_from_checkpoint, read_checkpoint
     from ovseg.config import Config, flatten, from_dict, merge_dicts, parse_overrides, to_dict
     from ovseg.data.shardio import atomic_write_bytes
-    from ovseg.eval.evaluate import describe_protocol, evaluate
+    from ovseg.eval.evaluate import describe_protocol
+    from ovseg.eval.report import evaluate_and_log
     from ovseg.tracking import MlflowTracker, NullTracker
 
     try:
         path = find_checkpoint(args.checkpoint)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, cfg = load_checkpoint(path, map_location=device)
-        cfg = from_dict(Config, merge_dicts(to_dict(cfg), parse_overrides(args.overrides)))
-        model.config = cfg  # segment() reads the protocol from here
+        ckpt = read_checkpoint(path)
+        model = model_from_checkpoint(ckpt).to(device)
+        cfg = from_dict(Config, merge_dicts(to_dict(ckpt.config), parse_overrides(args.overrides)))
         benches = _benchmarks(args.dataset or cfg.eval.datasets, cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    step, state = model.checkpoint_step, model.checkpoint_state
+    step, state = ckpt.step, ckpt.state
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     tracker = NullTracker()
     if uri:
@@ -98,21 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_params({"checkpoint": str(path.resolve()), "checkpoint_step": step, "device": str(device),
                             **{k: v for k, v in flatten(cfg).items() if k.startswith(("eval.", "model."))}})
     print(f"[ovseg] checkpoint {path} (step {step}, config {cfg.name}) on {device}", flush=True)
-    metrics = {}
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
-    for bench in benches:
-        n = len(bench) if max_images is None else min(len(bench), max_images)
+    bars = []
+
+    def progress(bench, n):
         print(f"[ovseg] {bench.name}: {describe_protocol(cfg.eval, bench, cfg.eval.bg_thresh)}", flush=True)
-        with tqdm(total=n, desc=bench.name, unit="img", file=sys.stderr, mininterval=2.0) as bar:
-            res = evaluate(model, bench, max_images=max_images, num_overlays=cfg.eval.num_overlays,
-                           bg_thresh=cfg.eval.bg_thresh, on_image=lambda i: bar.update(1))
-        metrics.update(res.metrics())
-        tracker.log_text(res.table(), f"eval/{res.name}/iou.csv")
-        for i, img in enumerate(res.overlays):
-            tracker.log_image(img, f"eval/{res.name}/overlay_{i}.png")
+        bars.append(tqdm(total=n, desc=bench.name, unit="img", file=sys.stderr, mininterval=2.0))
+        return lambda i: bars[-1].update(1)
+
+    metrics, results = evaluate_and_log(model, benches, tracker, step, cfg.eval, where=f"step {step}",
+                                        max_images=max_images, progress=progress)
+    for bar in bars:
+        bar.close()
+    for res in results:
         print(_table(res))
-        print(f"zero-shot {res.name} mIoU {res.miou:.4f} ({res.num_images} images)", flush=True)
-    tracker.log_metrics(metrics, step)
     tracker.close()
     if args.output:
         atomic_write_bytes(args.output, json.dumps({"checkpoint": str(path), "step": step, "metrics": metrics},

@@ -67,21 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from ovseg.checkpoint import find_checkpoint, load_checkpoint
+    from ovseg.checkpoint import find_checkpoint, model_from_checkpoint, read_checkpoint
     from ovseg.data.shardio import atomic_write_bytes
     from ovseg.eval.segment import segment
+    from ovseg.eval.textbank import TextBank
     from ovseg.eval.visualize import label_image, overlay_with_legend, png_bytes
 
     try:
         names = _class_names(args.classes, args.background)
         path = find_checkpoint(args.checkpoint)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, cfg = load_checkpoint(path, map_location=device)
+        ckpt = read_checkpoint(path)
+        model = model_from_checkpoint(ckpt).to(device)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[ovseg] checkpoint {path} (step {model.checkpoint_step}) on {device}; classes {names}", flush=True)
-    out, used, failed = Path(args.out), set(), 0
+    print(f"[ovseg] checkpoint {path} (step {ckpt.step}) on {device}; classes {names}", flush=True)
+    out, used, failed, bank = Path(args.out), set(), 0, TextBank()
     for image_path in map(Path, args.images):
         try:
             rgb = _read_rgb(image_path)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {image_path}: {e}; skipped", file=sys.stderr, flush=True)
             failed += 1
             continue
-        labels = segment(model, rgb, names, background=args.background, bg_thresh=args.bg_thresh)
+        labels = segment(model, rgb, names, protocol=ckpt.config.eval, bank=bank, background=args.background,
+                         bg_thresh=args.bg_thresh)
         stem, k = image_path.stem, 1
         while stem in used:  # two inputs with the same name from different folders
             stem, k = f"{image_path.stem}-{k}", k + 1

@@ -5,7 +5,7 @@
     python tuning/sweep.py --resume --name sweep-1          # continue an interrupted sweep
     python platform/pretrain.py --config-file runs/sweeps/sweep-1.best.yaml    # train the winner
 
-Spaces live in tuning/spaces/*.yaml (``fixed`` overrides + ``search`` samplers over dotted config keys).
+Named spaces ship in ovseg/configs/spaces/*.yaml (``fixed`` overrides + ``search`` samplers over dotted config keys).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
     p.add_argument("--config-file", default=None)
-    p.add_argument("--space", default="default", help="a space name in tuning/spaces or a YAML file")
+    p.add_argument("--space", default="default", help="a space name in ovseg/configs/spaces or a YAML file")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--name", default="sweep", help="the sweep's folder and MLflow parent run name")

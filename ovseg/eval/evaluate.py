@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import EvalConfig
 from .metrics import ConfusionMatrix
 from .segment import segment
+from .textbank import TextBank
+from .visualize import comparison_panel
 
 IGNORE = 255
 
@@ -50,52 +53,31 @@ def _metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name.strip())
 
 
-def palette(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved), extended to n classes; ignore is white."""
-    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
-    for i in range(len(pal)):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    pal[IGNORE] = (255, 255, 255)
-    return pal
-
-
-def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> Image.Image:
-    """image | ground truth | prediction, side by side."""
-    pal = palette(256)
-    gt = pal[np.clip(label, 0, 255)]
-    pr = pal[np.clip(pred, 0, 255)]
-    return Image.fromarray(np.concatenate([image, gt, pr], axis=1))
-
-
 @torch.no_grad()
-def evaluate(model, bench, *, max_images: int | None = None, num_overlays: int = 0,
-             bg_thresh: float | None = None, on_image: Callable[[int], None] | None = None,
-             **protocol) -> EvalResult:
+def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: int | None = None,
+             num_overlays: int = 0, bg_thresh: float | None = None,
+             on_image: Callable[[int], None] | None = None) -> EvalResult:
     """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it.
 
-    ``on_image(i)`` is called after image ``i`` is scored (progress bars).
+    ``protocol``: the ``eval`` section of a config (GroupViT's values when None). ``bg_thresh`` overrides the
+    benchmark's own background threshold. ``on_image(i)`` is called after image ``i`` is scored (progress bars).
     """
     names = list(bench.class_names)
     thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
     cm = ConfusionMatrix(len(names), IGNORE)
     overlays = []
     n = len(bench) if max_images is None else min(len(bench), max_images)
+    bank = TextBank()
     was_training = model.training
     if was_training:
         model.eval()
     try:
         for i in range(n):
             image, label, _ = bench[i]
-            pred = segment(model, image, names, bg_thresh=thr, **protocol)
+            pred = segment(model, image, names, protocol=protocol, bank=bank, bg_thresh=thr)
             cm.update(pred, label)
             if len(overlays) < num_overlays:
-                overlays.append(overlay(image, label, pred))
+                overlays.append(comparison_panel(image, label, pred, names))
             if on_image is not None:
                 on_image(i)
     finally:

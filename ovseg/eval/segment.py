@@ -1,6 +1,6 @@
 """Zero-shot semantic segmentation with a trained model (GroupViT / OVSegmentor protocol, reference section 7).
 
-class names -> prompts ("a photo of a {}.") -> text bank (cached). The image is resized to a short side of 448
+class names -> prompts ("a photo of a {}.") -> text bank (``ovseg.eval.textbank``, cached by the caller). The image is resized to a short side of 448
 and read in 448 x 448 windows with stride 224. In each window: the soft group-to-patch attention is upsampled
 to the window and every pixel takes its argmax group; each group scores the classes as
 ``softmax(A restricted to the image's top-5 classes) * softmax(A)`` with ``A = s * group_emb . text_bank``;
@@ -16,26 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import EvalConfig
+from .textbank import TextBank
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@torch.no_grad()
-def text_bank(model, class_names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-    """(C, E) normalised class embeddings: the mean of each class's prompt embeddings, cached on the model."""
-    device = model.logit_scale.device
-    key = (tuple(class_names), tuple(templates), str(device))
-    cache = model.text_bank_cache
-    if key not in cache:
-        prompts = [t.format(name) for name in class_names for t in templates]
-        embs = []
-        for i in range(0, len(prompts), 256):
-            ids, mask = model.tokenizer(prompts[i:i + 256], padding="longest")
-            embs.append(model.encode_text(ids.to(device), mask.to(device)))
-        emb = torch.cat(embs).reshape(len(class_names), len(templates), -1).mean(1)
-        cache[key] = F.normalize(emb, dim=-1)
-    return cache[key]
 
 
 def group_class_scores(group_emb: torch.Tensor, image_emb: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor,
@@ -89,15 +73,19 @@ def _to_uint8_rgb(image) -> np.ndarray:
 
 
 @torch.no_grad()
-def segment(model, image, class_names: list[str], *, templates: tuple[str, ...] | None = None,
+def segment(model, image, class_names: list[str], *, protocol: EvalConfig | None = None, bank: TextBank | None = None,
+            templates: tuple[str, ...] | None = None,
             short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
             bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None) -> np.ndarray:
     """Label every pixel of ``image`` with an index into ``class_names``; returns an (H, W) int64 array.
 
-    Protocol defaults come from the model's config (``eval`` section). ``background`` defaults to whether
-    the first class name is "background"; that class gets no prompt and is assigned by threshold.
+    The model is read through its declared contract only: ``tokenizer``, ``encode_text``, ``encode_image``,
+    ``scale()``, ``logit_scale``. Protocol defaults come from ``protocol`` (a config's ``eval`` section; the
+    GroupViT values when None); keyword arguments override single values. ``bank`` caches the class
+    embeddings across calls (pass one ``TextBank`` when segmenting many images). ``background`` defaults to
+    whether the first class name is "background"; that class gets no prompt and is assigned by threshold.
     """
-    proto = getattr(getattr(model, "config", None), "eval", None) or EvalConfig()
+    proto = protocol or EvalConfig()
     templates = tuple(templates or proto.templates)
     short_side, crop_size = short_side or proto.short_side, crop_size or proto.crop_size
     stride, top_k = stride or proto.stride, top_k or proto.top_k
@@ -112,11 +100,11 @@ def segment(model, image, class_names: list[str], *, templates: tuple[str, ...] 
     rgb = _to_uint8_rgb(image)
     H, W = rgb.shape[:2]
     was_training = model.training
-    if was_training:  # switching modes clears the cached text bank: only switch when needed
+    if was_training:
         model.eval()
     try:
-        bank = text_bank(model, fg_names, templates)
-        device = bank.device
+        text_emb = (bank or TextBank())(model, fg_names, templates)
+        device = text_emb.device
         x = torch.from_numpy(np.ascontiguousarray(rgb).copy()).to(device).permute(2, 0, 1)[None].float() / 255.0
         ratio = short_side / min(H, W)
         h, w = max(1, round(H * ratio)), max(1, round(W * ratio))
@@ -126,7 +114,7 @@ def segment(model, image, class_names: list[str], *, templates: tuple[str, ...] 
         x = (x - mean) / std
         boxes = slide_windows(h, w, crop_size, stride)
         windows = torch.cat([x[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in boxes])
-        scores = window_logits(model, windows, bank, background, bg_thresh, top_k)
+        scores = window_logits(model, windows, text_emb, background, bg_thresh, top_k)
         total = torch.zeros(1, scores.shape[1], h, w, device=device)
         count = torch.zeros(1, 1, h, w, device=device)
         for (y1, x1, y2, x2), s in zip(boxes, scores):

@@ -55,18 +55,13 @@ def build_site_model(cfg: Config, checkpoint: str | Path | None = None):
     else freshly initialised from ``cfg.seed`` (so every party draws the same frozen towers).
     Returns (model, cfg) with the text tower frozen unless ``fed.train_text``.
     """
-    from ..checkpoint import read_checkpoint
+    from ..checkpoint import model_from_checkpoint, read_checkpoint
     from ..models import build_model
 
     if checkpoint:
         ckpt = read_checkpoint(checkpoint)
         cfg = dataclasses.replace(cfg, model=ckpt.config.model)
-        model = build_model(cfg, text_hf_config=ckpt.text_hf_config, load_pretrained=False)
-        weights = {k: v for k, v in ckpt.weights.items() if not k.startswith("momentum_vision.")}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{checkpoint}: weights do not fit its config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        model = model_from_checkpoint(dataclasses.replace(ckpt, config=cfg), momentum=False)
     else:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
@@ -90,5 +85,3 @@ def set_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], keys: 
             if tuple(tensors[k].shape) != tuple(sd[k].shape):
                 raise ValueError(f"weight {k}: shape {tuple(tensors[k].shape)}, the model has {tuple(sd[k].shape)}")
             sd[k].copy_(tensors[k].to(sd[k].dtype))
-    if hasattr(model, "text_bank_cache"):
-        model.text_bank_cache.clear()

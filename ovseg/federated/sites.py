@@ -14,23 +14,13 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..train.engine import build_optimizer, train_steps
+from ..train.engine import train_steps
+from ..train.schedule import build_optimizer
+from ..train.task import PROXIMAL, Task, metric_names, proximal_term
 from .exchange import exchange_keys, get_tensors
 from .kinds import KINDS
 
 SITE_FILE = "site.json"
-
-
-def proximal_term(model: torch.nn.Module, global_tensors: dict[str, torch.Tensor], mu: float):
-    """FedProx: mu / 2 * sum ||w - w_global||^2 over the trainable parameters of the exchange set."""
-    named = dict(model.named_parameters())
-    pairs = [(named[k], g.to(named[k].device)) for k, g in global_tensors.items()
-             if k in named and named[k].requires_grad]
-
-    def term(_model) -> torch.Tensor:
-        return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in pairs)
-
-    return term
 
 
 # ---------------------------------------------------------------------------------------------- sites
@@ -77,26 +67,31 @@ class Site:
 
 def local_train(model: torch.nn.Module, cfg: Config, site: Site, *, steps: int, seed: int,
                 proximal_mu: float = 0.0) -> dict[str, float]:
-    """One round at a site: ``steps`` engine steps from the current (global) weights. Returns mean losses,
-    the example count and the skip count; the model is updated in place."""
+    """One round at a site: ``steps`` engine steps from the current (global) weights. Returns the mean of each
+    reported metric, the example count and the skip count; the model is updated in place."""
     keys = exchange_keys(model, cfg)
-    start = get_tensors(model, keys)
     optimizer = build_optimizer(model, cfg.fed.lr, cfg.train.weight_decay)
     batches, skipped = KINDS[site.kind].batches(cfg, model, site.train_shards(), seed)
+    extra = (proximal_term(model, get_tensors(model, keys), proximal_mu),) if proximal_mu > 0 else ()
+    task = Task(model, cfg.loss, extra_terms=extra)
     sums: dict[str, float] = {}
 
     def record(_step, metrics):
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
 
-    extra = proximal_term(model, start, proximal_mu) if proximal_mu > 0 else None
-    done = train_steps(model, batches, optimizer, steps, cfg.loss, hooks=[record], clip_grad=cfg.train.clip_grad,
-                       extra_loss=extra)
+    done = train_steps(task, batches, optimizer, steps, hooks=[record], clip_grad=cfg.train.clip_grad)
     out = {k: v / max(done, 1) for k, v in sums.items()}
-    counts = skipped()
     out.update({"steps": float(done), "num-examples": float(done * cfg.fed.local_batch),
-                "skipped": float(sum(counts.values()))})
+                "skipped": float(sum(skipped().values()))})
     return out
+
+
+def site_metric_names() -> tuple[str, ...]:
+    """The metric keys of every site's train reply, the same for every kind (Flower aggregates only replies
+    with identical keys; a term a site's data does not have is reported as 0): derived from the loss table."""
+    return ("num-examples", "steps", *metric_names(), f"loss_{PROXIMAL}", "grad_norm", "skipped", "bytes-sent",
+            "train-seconds")
 
 
 def site_evaluate(model: torch.nn.Module, cfg: Config, site: Site):
@@ -110,4 +105,4 @@ def site_evaluate(model: torch.nn.Module, cfg: Config, site: Site):
         return None
     thr = cfg.eval.bg_thresh if cfg.eval.bg_thresh is not None else BG_THRESH["synthetic"]
     bench = SegShardBenchmark(shards, name="site", bg_thresh=thr)
-    return evaluate(model, bench, max_images=cfg.eval.max_images)
+    return evaluate(model, bench, protocol=cfg.eval, max_images=cfg.eval.max_images)

@@ -24,13 +24,15 @@ from ..tracking import MlflowTracker, default_tracking_uri
 from ..train.pretrain import CHECKPOINT_FILE, Pretrainer, WorkerEnv
 
 SAMPLERS = ("choice", "uniform", "loguniform", "randint")
+SPACES_DIR = Path(__file__).resolve().parents[1] / "configs" / "spaces"
 
 
 def load_space(name_or_path: str) -> dict:
-    """A space file: ``{fixed: {key: value}, search: {key: {sampler: args}}}``; a bare name is in tuning/spaces."""
+    """A space file: ``{fixed: {key: value}, search: {key: {sampler: args}}}``; a bare name is one shipped in
+    ``ovseg/configs/spaces`` (inside the package, so an installed wheel has them too)."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = Path(__file__).resolve().parents[2] / "tuning" / "spaces" / f"{name_or_path}.yaml"
+        path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}

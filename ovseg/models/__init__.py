@@ -1,4 +1,4 @@
-"""Model construction: a named config (or a Config) -> an OVSegmentor with its tokenizer attached."""
+"""Model construction: a named config (or a Config) -> an OVSegmentor (with its tokenizer)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 from ..config import Config, load_config
 from .ovsegmentor import OVSegmentor
-from .pretrained import LoadReport, load_vision_weights
+from .pretrained import LoadReport
 from .text import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -24,16 +24,8 @@ def build_model(name_or_config: str | Config = "tiny", overrides: tuple[str, ...
     ``load_pretrained=False`` skips the vision weights file (the checkpoint brings the weights).
     """
     cfg = name_or_config if isinstance(name_or_config, Config) else load_config(name_or_config, overrides)
-    tokenizer = build_tokenizer(cfg.model.text)
-    model = OVSegmentor(cfg.model, tokenizer.vocab_size, text_hf_config)
-    model.tokenizer = tokenizer
-    model.config = cfg
-    model.load_reports = []
-    if cfg.model.text.pretrained_dir and text_hf_config is None:
-        model.load_reports.append(model.text.load_report)
+    model = OVSegmentor(cfg.model, build_tokenizer(cfg.model.text), text_hf_config)
     if load_pretrained and cfg.model.vision.pretrained:
-        report = load_vision_weights(model.vision, cfg.model.vision.pretrained)
-        log.info("%s", report)
-        model.load_reports.append(report)
+        log.info("%s", model.load_vision_weights(cfg.model.vision.pretrained))
     return model
 

@@ -1,9 +1,12 @@
 """The two-tower OVSegmentor model (CVPR 2023): GroupViT image tower, BERT text tower, entity decoder.
 
-Contract used by evaluation, Flower and Tune code:
+Contract used by evaluation, Flower and Tune code (nothing else is read from a model, nothing is attached):
   encode_image(images) -> (image_emb (B,E), group_emb (B,G,E), assign (B,G,h,w))   embeddings L2-normalised
   encode_text(ids, mask) -> text_emb (B,E)                                        L2-normalised
-  forward(batch) -> dict of named tensors, consumed by ``ovseg.losses``
+  tokenizer(texts) -> (ids, mask)       the text tower's own tokenizer, given at construction
+  scale() / logit_scale                 the (clamped) temperature and its parameter
+  forward(batch) -> dict of named tensors, consumed by the loss terms of ``ovseg.train.task``
+  load_reports                          what pretrained weights were loaded (text tower, ``load_vision_weights``)
 The batch keys a forward understands, each optional but the first two:
   image, caption_ids/caption_mask             image-caption contrast (section 3.1)
   question_ids/question_mask, answer_*        masked entity completion (section 3.2)
@@ -24,16 +27,18 @@ from ..config import ModelConfig
 from .decoder import EntityDecoder
 from .grouping import flat_assignment
 from .layers import ProjectMLP
-from .text import TextTower
+from .pretrained import LoadReport, load_vision_weights
+from .text import TextTower, Tokenizer
 from .vision import GroupViT, VisionOutput
 
 
 class OVSegmentor(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, text_hf_config: dict | None = None):
+    def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer, text_hf_config: dict | None = None):
         super().__init__()
         self.cfg = cfg
+        self.tokenizer = tokenizer  # not a module: never saved with the weights
         self.vision = GroupViT(cfg.vision)
-        self.text = TextTower(cfg.text, vocab_size, hf_config=text_hf_config)
+        self.text = TextTower(cfg.text, tokenizer.vocab_size, hf_config=text_hf_config)
         dv, dt = self.vision.embed_dim, self.text.width
         self.img_projector = ProjectMLP(dv, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
         self.text_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
@@ -41,21 +46,21 @@ class OVSegmentor(nn.Module):
         self.decoder = EntityDecoder(dt, dv, cfg.decoder_heads, cfg.decoder_depth, cfg.vision.norm_eps)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.logit_scale_init)))
         self.momentum_vision: GroupViT | None = None
-        self.tokenizer = None  # set by build_model; not a module, never saved with the weights
-        self.text_bank_cache: dict = {}  # class-name embeddings for zero-shot segmentation (ovseg.eval.segment)
+        self.load_reports: list = [self.text.load_report] if cfg.text.pretrained_dir and text_hf_config is None else []
+
+    def load_vision_weights(self, path: str) -> LoadReport:
+        """Pretrained ViT weights (a DINO / timm file) into the vision tower; the report is kept in load_reports."""
+        report = load_vision_weights(self.vision, path)
+        self.load_reports.append(report)
+        return report
 
     def train(self, mode: bool = True):
-        self.text_bank_cache.clear()  # weights may change from here on: cached class embeddings go stale
         super().train(mode)
         if mode and not any(p.requires_grad for p in self.text.parameters()):
             # a frozen tower runs as at inference (no dropout): its text embeddings are fixed targets, and
             # dropout noise on them only blurs the class prompts the other losses align to
             self.text.eval()
         return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self.text_bank_cache.clear()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ towers
     def scale(self) -> torch.Tensor:

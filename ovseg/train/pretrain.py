@@ -11,7 +11,6 @@ augmentation with paired images. Checkpoints carry the optimizer, the step, the 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +21,14 @@ import torch
 from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from ..config import Config, flatten, to_dict
 from ..data.synthetic_world import synthetic_root
-from ..eval.evaluate import evaluate, parse_eval_sets
+from ..eval.evaluate import parse_eval_sets
+from ..eval.report import evaluate_and_log
 from ..losses import Gather
 from ..models import build_model
 from ..tracking import NullTracker
-from .engine import build_optimizer, train_step
+from .engine import train_steps
+from .schedule import Schedule, build_optimizer
+from .task import Task
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -41,14 +43,6 @@ class WorkerEnv:
     # persist a checkpoint: report(metrics, path_or_None); every rank calls it, rank 0 gives the file
     report: Callable[[dict, Path | None], None] | None = None
     scratch: Path = field(default_factory=lambda: Path("."))
-
-
-def lr_at(step: int, total: int, peak: float, floor: float, warmup: int, warmup_start: float) -> float:
-    """Linear warmup from ``warmup_start`` to ``peak`` over ``warmup`` steps, then cosine to ``floor``."""
-    if step < warmup:
-        return warmup_start + (peak - warmup_start) * step / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_urls(cfg: Config) -> list[str]:
@@ -104,25 +98,15 @@ class Pretrainer:
         if not self.main:
             return {}
         if self.eval_sets is None:
-            default_root = synthetic_root(self.cfg) / "val"
-            self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, default_root)
-        out = {}
-        for bench in self.eval_sets:
-            res = evaluate(self.model, bench, max_images=self.cfg.eval.max_images,
-                           num_overlays=self.cfg.eval.num_overlays, bg_thresh=self.cfg.eval.bg_thresh)
-            out.update(res.metrics())
-            self.tracker.log_text(res.table(), f"eval/{res.name}/iou_step{self.step:08d}.csv")
-            for i, img in enumerate(res.overlays):
-                self.tracker.log_image(img, f"eval/{res.name}/step{self.step:08d}_{i}.png")
-            print(f"[ovseg] step {self.step}: zero-shot {res.name} mIoU {res.miou:.4f} "
-                  f"({res.num_images} images)", flush=True)
-        self.tracker.log_metrics(out, self.step)
+            self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, synthetic_root(self.cfg) / "val")
+        out, _ = evaluate_and_log(self.model, self.eval_sets, self.tracker, self.step, self.cfg.eval,
+                                  label=f"step{self.step:08d}", where=f"step {self.step}")
         self.history.append({"step": self.step, **{k: v for k, v in out.items() if k.endswith("/miou")}})
         return out
 
     # ------------------------------------------------------------------ training
     def _stage_setup(self, stage: int):
-        cfg, tc = self.cfg, self.cfg.train
+        tc = self.cfg.train
         if stage == 2 and self.model.momentum_vision is None:
             self.model.init_momentum()  # the EMA encoder starts from the stage-1 weights
             self.model.momentum_vision.to(self.env.device)
@@ -167,14 +151,15 @@ class Pretrainer:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def run(self) -> dict:
-        tc = self.cfg.train
         if self.main and self.step == 0:
             self.tracker.log_params(flatten(self.cfg))
             import yaml
 
             self.tracker.log_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False), "config.yaml")
+        tc = self.cfg.train
+        autocast = torch.bfloat16 if (tc.bf16 and self.env.device.type == "cuda") else None
+        self.final_metrics = {}
         start = 0
-        final_metrics: dict = {}
         for stage, n in self.stages:
             end = start + n
             if self.step >= end or n == 0:
@@ -183,46 +168,58 @@ class Pretrainer:
             if stage != self.stage:  # a new stage starts its own data stream and schedule
                 self.stage, self.epoch, self.batch_in_epoch = stage, 0, 0
             batch, sched, optimizer, loader = self._stage_setup(stage)
-            ddp = self.env.wrap(self.model)
-            autocast = torch.bfloat16 if (tc.bf16 and self.env.device.type == "cuda") else None
-            t0, seen, images = time.perf_counter(), 0, 0
-            for data in self._batches(loader):
-                lr = lr_at(self.step - start, n, **sched)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                data = {k: v.to(self.env.device, non_blocking=True) for k, v in data.items()}
-                metrics = train_step(ddp, data, optimizer, self.cfg.loss, gather=self.env.gather,
-                                     rank=self.env.rank, clip_grad=tc.clip_grad, autocast_dtype=autocast)
-                self.step += 1
-                seen += 1
-                images += batch * self.env.world_size
-                if self.main and (self.step % tc.log_every == 0 or self.step == end):
-                    elapsed = time.perf_counter() - t0
-                    rate = images / max(elapsed, 1e-9)
-                    logged = {f"train/{k}": v for k, v in metrics.items()}
-                    logged.update({"train/lr": lr, "train/images_per_s": rate, "train/stage": stage})
-                    counts = loader.counts.as_dict()
-                    logged.update({f"data/skipped/{k}": v for k, v in counts["skipped"].items()})
-                    logged.update({f"data/flagged/{k}": v for k, v in counts["flagged"].items()})
-                    self.tracker.log_metrics(logged, self.step)
-                    eta = (self.total_steps - self.step) * elapsed / max(seen, 1)
-                    print(f"[ovseg] step {self.step}/{self.total_steps} stage {stage} loss {metrics['loss']:.4f} "
-                          f"{rate:.0f} img/s lr {lr:.2e} eta {eta / 60:.1f} min", flush=True)
-                at_end = self.step >= end
-                stopping = tc.stop_after is not None and self.step >= tc.stop_after
-                evaluated = {}
-                # also at the end of each stage (the ablation's stage-1 number) and when stopping early, so
-                # that every checkpoint a sweep reports to Tune carries the metric ASHA ranks by
-                if self.step % tc.eval_every == 0 or at_end or stopping:
-                    evaluated = self.evaluate()
-                    final_metrics.update(evaluated)
-                if self.step % tc.ckpt_every == 0 or at_end or stopping:
-                    self._save(optimizer, {"loss": metrics["loss"], **evaluated})
-                if stopping:
-                    print(f"[ovseg] stopping at step {self.step} (train.stop_after); --resume continues", flush=True)
-                    return final_metrics
-                if at_end:
-                    break
+            task = Task(self.env.wrap(self.model), self.cfg.loss, gather=self.env.gather, rank=self.env.rank)
+            schedule = Schedule(optimizer, start, n, **sched)
+            hooks = _StageHooks(self, stage, end, batch, loader, optimizer, schedule)
+            train_steps(task, self._batches(loader), optimizer, end - self.step, hooks=[schedule, hooks],
+                        start_step=self.step, device=self.env.device, clip_grad=tc.clip_grad, autocast_dtype=autocast)
+            if hooks.stopped:
+                return self.final_metrics
             self.counts = loader.counts.as_dict()
             start = end
-        return final_metrics
+        return self.final_metrics
+
+
+class _StageHooks:
+    """What pretraining does around each engine step of a stage: log, evaluate, checkpoint, stop early."""
+
+    def __init__(self, trainer: Pretrainer, stage: int, end: int, batch: int, loader, optimizer, schedule: Schedule):
+        self.t, self.stage, self.end, self.loader, self.optimizer, self.schedule = (trainer, stage, end, loader,
+                                                                                    optimizer, schedule)
+        self.images_per_step = batch * trainer.env.world_size
+        self.t0, self.seen, self.stopped = time.perf_counter(), 0, False
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> bool:
+        t, tc = self.t, self.t.cfg.train
+        t.step = step
+        self.seen += 1
+        if t.main and (step % tc.log_every == 0 or step == self.end):
+            self._log(step, metrics)
+        at_end = step >= self.end
+        stopping = tc.stop_after is not None and step >= tc.stop_after
+        evaluated = {}
+        # also at the end of each stage (the ablation's stage-1 number) and when stopping early, so that every
+        # checkpoint a sweep reports to Tune carries the metric ASHA ranks by
+        if step % tc.eval_every == 0 or at_end or stopping:
+            evaluated = t.evaluate()
+            t.final_metrics.update(evaluated)
+        if step % tc.ckpt_every == 0 or at_end or stopping:
+            t._save(self.optimizer, {"loss": metrics["loss"], **evaluated})
+        if stopping:
+            print(f"[ovseg] stopping at step {step} (train.stop_after); --resume continues", flush=True)
+            self.stopped = True
+        return stopping
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        t = self.t
+        elapsed = time.perf_counter() - self.t0
+        rate = self.seen * self.images_per_step / max(elapsed, 1e-9)
+        logged = {f"train/{k}": v for k, v in metrics.items()}
+        logged.update({"train/lr": self.schedule.lr, "train/images_per_s": rate, "train/stage": self.stage})
+        counts = self.loader.counts.as_dict()
+        logged.update({f"data/skipped/{k}": v for k, v in counts["skipped"].items()})
+        logged.update({f"data/flagged/{k}": v for k, v in counts["flagged"].items()})
+        t.tracker.log_metrics(logged, step)
+        eta = (t.total_steps - step) * elapsed / max(self.seen, 1)
+        print(f"[ovseg] step {step}/{t.total_steps} stage {self.stage} loss {metrics['loss']:.4f} "
+              f"{rate:.0f} img/s lr {self.schedule.lr:.2e} eta {eta / 60:.1f} min", flush=True)

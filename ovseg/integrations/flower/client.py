@@ -17,13 +17,10 @@ from flwr.clientapp import ClientApp
 
 from ...config import Config
 from ...federated.exchange import build_site_model, exchange_keys, frozen_fingerprint, get_tensors, set_tensors
-from ...federated.sites import Site, local_train, site_evaluate
+from ...federated.sites import Site, local_train, site_evaluate, site_metric_names
 from .config import ARRAYS, CONFIG, FINGERPRINT, METRICS, config_from_run
 from .guard import dp_clipping_mod, privacy_guard_mod
 from .records import record_to_tensors, to_record
-
-TRAIN_METRICS = ("num-examples", "steps", "loss", "loss_contrast", "loss_entity", "loss_seg", "loss_mask",
-                 "loss_multilabel", "loss_extra", "grad_norm", "skipped", "bytes-sent", "train-seconds")
 
 
 def _site_of(context: Context, cfg: Config) -> tuple[Site, str | None]:
@@ -66,7 +63,7 @@ def _train(msg: Message, context: Context, run_config: dict) -> Message:
     metrics.update({"bytes-sent": float(arrays.count_bytes()), "train-seconds": time.perf_counter() - t0})
     # Flower aggregates only replies whose metrics have identical keys: every site reports the same set
     # (a loss a site's data does not have is 0).
-    metrics = {k: float(metrics.get(k, 0.0)) for k in TRAIN_METRICS}
+    metrics = {k: float(metrics.get(k, 0.0)) for k in site_metric_names()}
     return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -29,7 +29,8 @@ def latest_round(ckpt_dir: Path) -> Path | None:
 def run_server(grid: Grid, run_config: dict) -> dict:
     """The coordinator's federation: resume or start, run the remaining rounds, evaluate, log, checkpoint."""
     from ...data.synthetic_world import synthetic_root
-    from ...eval.evaluate import evaluate, parse_eval_sets
+    from ...eval.evaluate import parse_eval_sets
+    from ...eval.report import evaluate_and_log
     from ...tracking import MlflowTracker
 
     cfg = config_from_run(run_config)
@@ -65,16 +66,8 @@ def run_server(grid: Grid, run_config: dict) -> dict:
         if server_round == 0 and start > 0:
             return None  # the resumed round was evaluated and logged before the restart
         set_tensors(model, record_to_tensors(arrays), keys)
-        metrics = {}
-        for bench in eval_sets:
-            res = evaluate(model, bench, max_images=cfg.eval.max_images, num_overlays=cfg.eval.num_overlays,
-                           bg_thresh=cfg.eval.bg_thresh)
-            metrics.update(res.metrics())
-            tracker.log_text(res.table(), f"eval/{res.name}/iou_round{step:04d}.csv")
-            for i, img in enumerate(res.overlays):
-                tracker.log_image(img, f"eval/{res.name}/round{step:04d}_{i}.png")
-            print(f"[ovseg-fl] round {step}: zero-shot {res.name} mIoU {res.miou:.4f}", flush=True)
-        tracker.log_metrics(metrics, step)
+        metrics, _ = evaluate_and_log(model, eval_sets, tracker, step, cfg.eval, label=f"round{step:04d}",
+                                      where=f"round {step}")
         history.append({"round": step, **{k: v for k, v in metrics.items() if k.endswith("/miou")}})
         path = save_checkpoint(ckpt_dir / ROUND_FILE.format(step), model, cfg, step, metrics,
                                state={"round": step, "mlflow_run_id": tracker.run_id, "history": history})

@@ -18,6 +18,7 @@ from flwr.serverapp import strategy as fl_strategy
 
 from ...config import Config
 from ...federated.wire import check_update
+from ...train.task import metric_names
 from .config import ARRAYS, METRICS, STRATEGIES
 from .records import from_record, record_to_numpy_f32
 
@@ -149,7 +150,7 @@ class GuardedStrategy(fl_strategy.Strategy):
         out = {"fed/sites_accepted": float(len(site_metrics)),
                "fed/refused": float(sum(r["round"] == step for r in self.refusals))}
         for node, m in site_metrics.items():
-            for k in ("loss", "loss_contrast", "loss_entity", "loss_seg", "num-examples", "bytes-sent"):
+            for k in (*metric_names(), "num-examples", "bytes-sent"):
                 if k in m:
                     out[f"site/{node}/{k.replace('-', '_')}"] = float(m[k])
         if site_metrics:

@@ -1,0 +1,48 @@
+"""Optimizer and learning-rate schedule (reference section 6: AdamW, linear warmup, then cosine per step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_NO_DECAY_NAMES = ("logit_scale", "pos_embed", "group_token")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on norms, biases, the temperature, positional embeddings and group tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or any(n in name for n in _NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.05,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+def lr_at(step: int, total: int, peak: float, floor: float, warmup: int, warmup_start: float) -> float:
+    """Linear warmup from ``warmup_start`` to ``peak`` over ``warmup`` steps, then cosine to ``floor``."""
+    if step < warmup:
+        return warmup_start + (peak - warmup_start) * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Schedule:
+    """A hook that sets the learning rate before each step: ``lr_at(step - start, total, **sched)``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, start: int, total: int, **sched):
+        self.optimizer, self.start, self.total, self.sched = optimizer, start, total, sched
+        self.lr = float("nan")
+
+    def before_step(self, step: int) -> None:
+        self.lr = lr_at(step - self.start, self.total, **self.sched)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr
