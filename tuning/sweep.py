@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 # On a CPU shared with other jobs, OpenMP threads spinning at barriers made a 2-thread training step up to
-# 10x slower (bench/recipe_train.py); passive waiting avoids that. Set before torch loads; Ray workers inherit it.
+# 10x slower (docs/results.md); passive waiting avoids that. Set before torch loads; Ray workers inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
