@@ -30,12 +30,15 @@ DEFAULT_BATCH = {"tiny": 64, "vit-s16-cc4m": 8, "vit-b16-cc4m": 8}
 def run_one(name: str, batch: int, steps: int, device: str, bf16: bool, text_tokens: int | None = None) -> dict:
     import torch
 
-    from ovseg import build_model
+    from ovseg import build_model, load_config
     from ovseg.config import LossConfig
-    from ovseg.train.engine import build_optimizer, train_step
+    from ovseg.train.engine import train_step
+    from ovseg.train.schedule import build_optimizer
+    from ovseg.train.task import Task
 
-    model = build_model(name).to(device)
-    cfg = model.config
+    cfg = load_config(name)
+    model = build_model(cfg).to(device)
+    task = Task(model, LossConfig())
     size, L = cfg.model.vision.img_size, min(text_tokens or cfg.model.text.max_length, cfg.model.text.max_length)
     vocab = model.tokenizer.vocab_size
     ids = torch.randint(1000, vocab, (batch, L), device=device)
@@ -48,14 +51,14 @@ def run_one(name: str, batch: int, steps: int, device: str, bf16: bool, text_tok
 
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(model, data, opt, LossConfig(), **kw)  # warm-up, and the FLOP count of one step
+        train_step(task, data, opt, **kw)  # warm-up, and the FLOP count of one step
     step_flops = counter.get_total_flops()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, data, opt, LossConfig(), **kw)
+        train_step(task, data, opt, **kw)
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ovseg
-from ovseg import build_model, load_checkpoint, save_checkpoint
+from ovseg import build_model, load_checkpoint, load_config, save_checkpoint
 from ovseg.checkpoint import read_checkpoint
 from ovseg.models.text import resolve_dir
 
@@ -21,13 +21,14 @@ class _Exploit:
 
 
 def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
-    model = build_model("tiny", ["loss.mask_weight=0.1"])
+    config = load_config("tiny", ["loss.mask_weight=0.1"])
+    model = build_model(config)
     model.init_momentum()
-    path = save_checkpoint(tmp_path / "ckpt.safetensors", model, model.config, step=42,
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", model, config, step=42,
                            metrics={"zeroshot/synthetic/miou": 0.31}, extra={"optim/step": torch.tensor([42.0])})
     loaded, cfg = load_checkpoint(path)
-    assert cfg == model.config and loaded.checkpoint_step == 42
-    assert loaded.checkpoint_metrics == {"zeroshot/synthetic/miou": 0.31}
+    assert cfg == config and read_checkpoint(path).step == 42
+    assert read_checkpoint(path).metrics == {"zeroshot/synthetic/miou": 0.31}
     assert loaded.momentum_vision is not None
     ref = model.state_dict()
     for k, v in loaded.state_dict().items():
@@ -38,7 +39,7 @@ def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
 
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     model = build_model("tiny")
-    path = save_checkpoint(tmp_path / "c.safetensors", model, model.config, step=1)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"), step=1)
     before = path.read_bytes()
 
     def broken(tensors, filename, metadata=None):
@@ -48,7 +49,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
 
     monkeypatch.setattr(ovseg.checkpoint, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model, model.config, step=2)
+        save_checkpoint(path, model, load_config("tiny"), step=2)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
@@ -65,7 +66,7 @@ def test_truncated_and_foreign_files_get_clear_errors(tmp_path):
     from safetensors.torch import save_file
 
     model = build_model("tiny")
-    path = save_checkpoint(tmp_path / "c.safetensors", model, model.config)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"))
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="cut.safetensors"):
         read_checkpoint(tmp_path / "cut.safetensors")
@@ -82,7 +83,7 @@ def test_checkpoint_of_a_pretrained_text_tower_loads_without_its_directory(tmp_p
     shutil.copytree(src, text_dir)
     model = build_model("tiny", [f"model.text.pretrained_dir={text_dir}",
                                  "model.text.tokenizer_dir=builtin:minilm"]).eval()
-    path = save_checkpoint(tmp_path / "c.safetensors", model, model.config)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"))
     shutil.rmtree(text_dir)
     loaded, _ = load_checkpoint(path)
     loaded.eval()

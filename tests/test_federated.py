@@ -165,7 +165,7 @@ def test_proximal_term_matches_a_plain_loop():
     net = torch.nn.Linear(3, 2)
     glob = {n: (p.detach() + torch.randn_like(p)).clone() for n, p in net.named_parameters()}
     mu = 0.3
-    term = proximal_term(net, glob, mu)(net)
+    term = proximal_term(net, glob, mu).compute({}, {}, None)
     expect = 0.0
     for n, p in net.named_parameters():
         for w, g in zip(p.detach().flatten().tolist(), glob[n].flatten().tolist()):

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.config import LossConfig
-from ovseg.losses import compute_losses, contrastive_loss, dice_loss, mask_consistency_loss, supervised_mask_loss
+from ovseg.train.task import compute_losses
+from ovseg.losses import contrastive_loss, dice_loss, mask_consistency_loss, supervised_mask_loss
 
 
 def _one_way(x, y_all, scale, offset):

@@ -4,7 +4,9 @@ import torch
 
 from ovseg import build_model
 from ovseg.config import LossConfig
-from ovseg.train.engine import build_optimizer, param_groups, train_steps
+from ovseg.train.engine import train_steps
+from ovseg.train.schedule import build_optimizer, param_groups
+from ovseg.train.task import Task
 
 CAPTIONS = ["a cat on a sofa", "a dog in the park", "a red car on the road", "two birds over a boat",
             "a clock above a table", "an umbrella and a bag", "a horse near a house", "a cup beside a bottle"]
@@ -30,7 +32,7 @@ def test_overfit_eight_pairs_halves_the_loss():
     batch = _batch(model.tokenizer)
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     losses = []
-    train_steps(model, iter([batch] * 100), opt, 100, LossConfig(), hooks=[lambda s, m: losses.append(m["loss"])])
+    train_steps(Task(model, LossConfig()), iter([batch] * 100), opt, 100, hooks=[lambda s, m: losses.append(m["loss"])])
     assert len(losses) == 100
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)

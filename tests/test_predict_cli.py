@@ -30,11 +30,11 @@ def voc_colour(i: int) -> tuple[int, int, int]:
 def checkpoint(tmp_path_factory):
     import torch
 
-    from ovseg import build_model, save_checkpoint
+    from ovseg import build_model, load_config, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("tiny")
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", model, model.config, step=7)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", model, load_config("tiny"), step=7)
 
 
 def _scene(path, height=375, width=500, mode="RGB"):

@@ -39,22 +39,39 @@ def test_segment_rejects_bad_input(tiny_model):
         segment(tiny_model, np.zeros((10, 10, 3), dtype=np.uint8), ["background"])
 
 
-def test_text_bank_is_cached_until_the_weights_may_change(tiny_model):
-    m = tiny_model.eval()
+def test_text_bank_is_reused_by_its_caller_and_never_outlives_the_weights(tiny_model):
+    import copy
+
+    from ovseg.eval.textbank import TextBank, text_bank
+
+    m = copy.deepcopy(tiny_model).eval()  # its weights are changed below
     calls = []
     original = m.encode_text
     m.encode_text = lambda *a: calls.append(1) or original(*a)
     try:
         rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+        bank = TextBank()
+        first = segment(m, rgb, ["background", "bus", "cow"], bank=bank)
+        segment(m, rgb, ["background", "bus", "cow"], bank=bank)
+        assert len(calls) == 1  # one bank, one computation
         segment(m, rgb, ["background", "bus", "cow"])
-        segment(m, rgb, ["background", "bus", "cow"])
-        assert len(calls) == 1
+        assert len(calls) == 2  # no bank given: nothing is cached on the model
         m.train()
         m.eval()
-        segment(m, rgb, ["background", "bus", "cow"])
-        assert len(calls) == 2
+        segment(m, rgb, ["background", "bus", "cow"], bank=bank)
+        assert len(calls) == 2  # switching modes changes no weight
+        with torch.no_grad():  # an in-place change of any text weight (an optimizer step, set_tensors...)
+            next(m.text_projector.parameters()).add_(1.0)
+        again = bank(m, ["bus", "cow"], ("a photo of a {}.",))
+        assert len(calls) == 3
+        fresh = text_bank(m, ["bus", "cow"], ("a photo of a {}.",))
+        assert torch.equal(again, fresh)
+        m.load_state_dict(tiny_model.state_dict())
+        bank(m, ["bus", "cow"], ("a photo of a {}.",))
+        assert len(calls) == 5  # load_state_dict copies in place: the bank is recomputed (and text_bank above)
+        assert first.shape == rgb.shape[:2]
     finally:
-        del m.encode_text
+        m.encode_text = original
 
 
 def test_group_class_scores_match_a_hand_loop():

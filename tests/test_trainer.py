@@ -9,7 +9,8 @@ import torch
 from ovseg.checkpoint import read_checkpoint
 from ovseg.config import load_config
 from ovseg.tracking import MlflowTracker
-from ovseg.train.pretrain import Pretrainer, WorkerEnv, lr_at
+from ovseg.train.pretrain import Pretrainer, WorkerEnv
+from ovseg.train.schedule import lr_at
 
 
 def test_lr_schedule_hand_worked():
