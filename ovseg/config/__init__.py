@@ -1,0 +1,19 @@
+"""The one configuration tree: frozen dataclasses, YAML files and dotted overrides.
+
+Every entry point (pretraining, Flower, Tune, the tests) speaks the same dotted keys, e.g.
+``model.vision.num_output_groups=[8]`` or ``loss.entity_weight=0.5``. A named configuration is a YAML
+file in ``ovseg/configs/`` holding only what differs from the defaults; the defaults are the paper's
+ViT-B/16 model (OVSegmentor, CVPR 2023; reference: ovsegmentor.md sections 2, 4, 6, 7).
+
+    tree.py   the frozen dataclasses (model, loss, eval, data, train, fed)
+    io.py     from_dict / load_config / parse_overrides / flatten
+"""
+
+from .io import (CONFIG_DIR, available_configs, flat_overrides, flatten, from_dict, load_config, merge_dicts,
+                 parse_overrides, save_config, to_dict)
+from .tree import (Config, DataConfig, DPConfig, EvalConfig, FedConfig, LossConfig, ModelConfig, TextConfig,
+                   TrainConfig, VisionConfig)
+
+__all__ = ["CONFIG_DIR", "Config", "DPConfig", "DataConfig", "EvalConfig", "FedConfig", "LossConfig", "ModelConfig",
+           "TextConfig", "TrainConfig", "VisionConfig", "available_configs", "flat_overrides", "flatten", "from_dict",
+           "load_config", "merge_dicts", "parse_overrides", "save_config", "to_dict"]
