@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg import build_model
-from ovseg.data.entities import ANSWER_TEMPLATES, EntityMatcher, answer_prompt
-from ovseg.data.synthetic import DEFAULT_CLASSES, SyntheticConfig, render_scene
+from ovseg.data.captions.entities import ANSWER_TEMPLATES, EntityMatcher, answer_prompt
+from ovseg.data.synthetic.scene import DEFAULT_CLASSES, SyntheticConfig, render_scene
 from ovseg.eval.metrics import ConfusionMatrix
 from ovseg.eval.segment import IMAGENET_MEAN, IMAGENET_STD, group_class_scores, text_bank
 from ovseg.losses import compute_losses
@@ -111,7 +111,7 @@ class TrainData:
         spans = matcher.pipe(caps)
         rng = random.Random(seed)
         questions, answers, ents = [], [], []
-        from ovseg.data.entities import mask_spans, unique_entities
+        from ovseg.data.captions.entities import mask_spans, unique_entities
         for c, sp in zip(caps, spans):
             e = unique_entities(sp)
             questions.append(mask_spans(c, sp, mask_tok))

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     from ovseg.config import load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
     try:

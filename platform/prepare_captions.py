@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from ovseg.data.prepare import prepare_captions
+from ovseg.data.captions.prepare import prepare_captions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ovseg import build_model
-from ovseg.data.synthetic import SyntheticConfig, render_scene
+from ovseg.data.synthetic.scene import SyntheticConfig, render_scene
 from ovseg.eval.segment import IMAGENET_MEAN, IMAGENET_STD
 from ovseg.train.engine import build_optimizer
 
@@ -30,7 +30,7 @@ p.add_argument("--bg", default="clutter")
 p.add_argument("--stem", default="patch")
 p.add_argument("--scale", type=float, nargs=2, default=None)
 a = p.parse_args()
-import ovseg.data.synthetic as SY
+import ovseg.data.synthetic.scene as SY
 
 if a.bg == "plain":
     SY.cluttered_background = lambda rng, size: np.full((size, size, 3), 128, np.uint8)

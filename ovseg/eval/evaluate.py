@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.shardio import palette
 from .metrics import ConfusionMatrix
 from .segment import segment
 
@@ -48,21 +49,6 @@ class EvalResult:
 def _metric_name(name: str) -> str:
     # MLflow metric names allow letters, digits, _ - . space / ; class names like "bed " keep their meaning
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name.strip())
-
-
-def palette(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved), extended to n classes; ignore is white."""
-    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
-    for i in range(len(pal)):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    pal[IGNORE] = (255, 255, 255)
-    return pal
 
 
 def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> Image.Image:
@@ -116,7 +102,7 @@ def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
 
 def parse_eval_sets(specs, default_root: str | Path | None = None):
     """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``."""
-    from ..data.benchmarks import build_benchmark
+    from ..data.benchmarks.registry import build_benchmark
 
     out = []
     for spec in specs:

@@ -101,8 +101,8 @@ def local_train(model: torch.nn.Module, cfg: Config, site: Site, *, steps: int, 
 
 def site_evaluate(model: torch.nn.Module, cfg: Config, site: Site):
     """mIoU on the site's own labelled split (``val/``), or None when it has none."""
-    from ..data.benchmarks import BG_THRESH
-    from ..data.segbatch import SegShardBenchmark
+    from ..data.benchmarks.registry import BG_THRESH
+    from ..data.segmentation.batches import SegShardBenchmark
     from ..eval.evaluate import evaluate
 
     shards = site.val_shards()

@@ -6,7 +6,7 @@ Layout (``out_dir``)::
                                  {key}.json {"key", "caption", "status": "success", "width", "height"}
                                  -- never a mask or any object information: masks must not reach the
                                  caption-training path
-    seg/shard-000000.tar ...     segmentation shards (``segshards.py`` format), a separate draw
+    seg/shard-000000.tar ...     segmentation shards (``segmentation/shards.py`` format), a separate draw
     val/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/val.txt}
     val/class_names.txt          background first; read by ``build_benchmark("synthetic", out_dir/"val")``
     manifest.json                seed, parameters, class list and styles, per-split counts, per-class pixel
@@ -32,10 +32,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ovseg.data.segshards import SegSample, write_seg_shards
+from ovseg.data.segmentation.shards import SegSample, write_seg_shards
 from ovseg.data.shardio import atomic_write_bytes, encode_jpeg, encode_label_png, write_tar
-from ovseg.data.synthetic import Scene, SyntheticConfig, render_scene
-from ovseg.data.synthetic_shapes import CLASS_STYLES
+from ovseg.data.synthetic.scene import Scene, SyntheticConfig, render_scene
+from ovseg.data.synthetic.shapes import CLASS_STYLES
 
 FORMAT = "ovseg-synthetic-world/1"
 
