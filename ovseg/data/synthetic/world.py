@@ -18,6 +18,10 @@ object boundaries: the masks are exact, so no pixel needs to be excused.
 The whole world is built in a temporary sibling folder and renamed into place at the end, so a
 half-written world never appears under ``out_dir``. The bytes depend only on the seed and the
 parameters (tar headers fixed, images drawn per index), not on ``num_workers``.
+
+Where a config's world lives also belongs here (``synthetic_root``, ``world_config``,
+``ensure_synthetic_world``): the trainer, the Ray/Flower integrations and the platform scripts all find and,
+on first use, generate the same world from ``cfg.data.synthetic_*`` without importing each other.
 """
 
 from __future__ import annotations
