@@ -37,7 +37,7 @@ def overrides(row: str, stage1: int, stage2: int) -> list[str]:
 
 def run_one(config: str, row: str, seed: int, extra: list[str], out: Path) -> dict:
     from ovseg.config import load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.train.pretrain import Pretrainer, WorkerEnv
 
     base = load_config(config, extra)
@@ -59,8 +59,8 @@ def background_baseline(config: str, extra: list[str]) -> float:
     import numpy as np
 
     from ovseg.config import load_config
-    from ovseg.data.benchmarks import build_benchmark
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.benchmarks.registry import build_benchmark
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.eval.metrics import ConfusionMatrix
 
     bench = build_benchmark("synthetic", ensure_synthetic_world(load_config(config, extra)) / "val")

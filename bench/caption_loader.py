@@ -27,9 +27,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from ovseg.data.captions import build_caption_loader
-from ovseg.data.entities import EntityVocab
-from ovseg.data.shards import write_tar_atomic
+from ovseg.data.captions.entities import EntityVocab
+from ovseg.data.captions.loader import build_caption_loader
+from ovseg.data.shardio import sample_members, write_tar
 
 FILLER = "a the of in on with and near old red small large street photo sitting standing wooden".split()
 
@@ -48,7 +48,7 @@ def make_shards(folder: Path, num_shards: int, per_shard: int, source: int, seed
             caption = " ".join(rng.choice(words) if rng.random() < 0.2 else rng.choice(FILLER)
                                for _ in range(rng.randint(8, 20)))
             samples.append({"__key__": f"{s:05d}{i:05d}", "jpg": buf.getvalue(), "txt": caption.encode()})
-        paths.append(str(write_tar_atomic(folder / f"{s:05d}.tar", samples)))
+        paths.append(str(write_tar(folder / f"{s:05d}.tar", sample_members(samples), perm=0o666)))
     return paths
 
 

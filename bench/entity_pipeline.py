@@ -18,7 +18,7 @@ import random
 import sys
 import time
 
-from ovseg.data.entities import EntityMatcher, EntityVocab
+from ovseg.data.captions.entities import EntityMatcher, EntityVocab
 
 FILLER = ("a the of in on with and at near two some old red small large view photo street night sky "
           "people's walking sitting standing beautiful wooden my his her, . ! ; -").split()

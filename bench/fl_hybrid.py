@@ -28,7 +28,7 @@ KEY = "zeroshot/synthetic/miou"
 
 def pretrain(out: Path, steps: int, seed: int) -> Path:
     from ovseg.config import load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.train.pretrain import Pretrainer, WorkerEnv
 
     cfg = load_config("tiny", [f"train.stage1_steps={steps}", "train.stage2_steps=0", f"seed={seed}",
@@ -82,7 +82,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     from ovseg.checkpoint import find_checkpoint
     from ovseg.config import flat_overrides, load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
     out = Path(args.out)

@@ -23,8 +23,8 @@ import sys
 
 
 def _benchmarks(specs, cfg):
-    from ovseg.data.benchmarks import build_benchmark
-    from ovseg.data.synthetic_world import ensure_synthetic_world, synthetic_root
+    from ovseg.data.benchmarks.registry import build_benchmark
+    from ovseg.data.synthetic.world import ensure_synthetic_world, synthetic_root
 
     out = []
     for spec in specs:

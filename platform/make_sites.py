@@ -12,7 +12,6 @@ the sites of each kind by a Dirichlet(alpha) draw (small alpha: few classes per 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     from ovseg.config import load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
     try:

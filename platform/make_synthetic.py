@@ -5,7 +5,7 @@
         [--min-scale 0.3 --max-scale 0.6] [--classes cat,dog,car,...] [--shard-size 1000] [--workers 1]
 
 Writes train/ caption shards, seg/ segmentation shards, a VOC-layout val/ split and manifest.json
-(layout: ovseg/data/synthetic_world.py). The same seed and arguments give byte-identical files.
+(layout: ovseg/data/synthetic/world.py). The same seed and arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from ovseg.data.synthetic import DEFAULT_CLASSES, SyntheticConfig
-from ovseg.data.synthetic_world import generate_world
+from ovseg.data.synthetic.scene import DEFAULT_CLASSES, SyntheticConfig
+from ovseg.data.synthetic.world import generate_world
 
 
 def main(argv: list[str] | None = None) -> int:

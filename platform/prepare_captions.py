@@ -9,7 +9,7 @@ Builds CC4M-style training data from img2dataset caption shards (paper section 4
 
 INPUT is a folder of *.tar shards, a brace pattern, or a .tsv (with a header) / .parquet caption table
 with a ``caption`` column and a ``key``, ``image_id`` or ``url`` column. OUTPUT is a folder; it receives
-the annotated shards (or table) and summary.json. The logic lives in ovseg.data.prepare.
+the annotated shards (or table) and summary.json. The logic lives in ovseg.data.captions.prepare.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from ovseg.data.prepare import prepare_captions
+from ovseg.data.captions.prepare import prepare_captions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from ovseg.config import flat_overrides, load_config
-    from ovseg.data.synthetic_world import ensure_synthetic_world
+    from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
     cfg = load_config(args.config, args.overrides)  # fails early, naming a bad key

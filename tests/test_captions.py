@@ -10,9 +10,9 @@ import torch
 from caption_shard_helpers import good_sample, jpeg_bytes, make_shards, write_shard
 from transformers import AutoTokenizer
 
-from ovseg.data.captions import build_caption_loader
-from ovseg.data.entities import EntityMatcher
-from ovseg.data.pairing import PairPool, pair_in_stream
+from ovseg.data.captions.entities import EntityMatcher
+from ovseg.data.captions.loader import build_caption_loader
+from ovseg.data.captions.pairing import PairPool, pair_in_stream
 
 SIZE = 32
 
@@ -242,7 +242,7 @@ def test_stage1_posterize_at_full_magnitude_does_not_crash():
     from PIL import Image
     from timm.data.auto_augment import RandAugment
 
-    from ovseg.data.caption_sample import build_image_transform
+    from ovseg.data.captions.transforms import build_image_transform
 
     transform = build_image_transform(1, SIZE)
     (ra,) = [t for t in transform.transforms if isinstance(t, RandAugment)]
@@ -256,7 +256,7 @@ def test_flip_augmentation_only_resizes_and_mirrors():
     import numpy as np
     from PIL import Image
 
-    from ovseg.data.caption_sample import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
+    from ovseg.data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
 
     pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     plain = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) \

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ovseg.data.entities import ANSWER_TEMPLATES, EntityMatcher, EntityVocab, answer_prompt, load_vocab
+from ovseg.data.captions.entities import ANSWER_TEMPLATES, EntityMatcher, EntityVocab, answer_prompt, load_vocab
 
 # Written out independently from reference section 5.1: canonical -> its surface words.
 SYNONYMS = {

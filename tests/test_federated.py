@@ -180,7 +180,7 @@ def test_proximal_term_matches_a_plain_loop():
 
 
 def test_crop_moves_image_and_label_together():
-    from ovseg.data.segbatch import random_resized_crop
+    from ovseg.data.segmentation.batches import random_resized_crop
 
     h, w = 48, 80
     label = np.zeros((h, w), np.int64)
@@ -203,10 +203,10 @@ def test_crop_moves_image_and_label_together():
 
 
 def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(tiny_model):
-    from ovseg.data.segbatch import PROMPT, SegBatchLoader, caption_from_classes
+    from ovseg.data.segmentation.batches import PROMPT, SegBatchLoader, caption_from_classes
 
     loader = SegBatchLoader.__new__(SegBatchLoader)  # collate needs only the tokenizer cache
-    from ovseg.data.caption_sample import SampleBuilder
+    from ovseg.data.captions.sample import SampleBuilder
 
     loader.builder = SampleBuilder(tiny_model.tokenizer.hf, image_size=8, stage=2, max_length=16)
     loader._prompt_cache = {}
@@ -236,7 +236,7 @@ def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(tiny_model):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("fedworld") / "w"
     generate_world(root, seed=1, num_train=200, num_val=4, num_seg=100, shard_size=60)

@@ -44,7 +44,7 @@ def _run_config(world: Path, out: Path, **extra) -> str:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
     from ovseg.federated.split import split_world
 
     root = tmp_path_factory.mktemp("fed")

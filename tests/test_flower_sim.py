@@ -41,7 +41,7 @@ def simulation(tmp_path_factory):
     import test_flower_sim
     from flwr.simulation import run_simulation
 
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
     from ovseg.federated.split import split_world
     from ovseg.integrations.flower import make_client_app, make_server_app
 

@@ -9,7 +9,6 @@ node-config string is parsed by Flower's own parser, and make_certs.sh output is
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.config import LossConfig
-from ovseg.train.task import compute_losses
 from ovseg.losses import contrastive_loss, dice_loss, mask_consistency_loss, supervised_mask_loss
+from ovseg.train.task import compute_losses
 
 
 def _one_way(x, y_all, scale, offset):

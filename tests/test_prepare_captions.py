@@ -1,4 +1,4 @@
-"""platform/prepare_captions.py and ovseg.data.prepare: filtering, annotation, pair candidates, bad input."""
+"""platform/prepare_captions.py and ovseg.data.captions.prepare: filtering, annotation, pair candidates, bad input."""
 
 import csv
 import importlib.util
@@ -11,9 +11,9 @@ import pytest
 from caption_shard_helpers import good_sample, jpeg_bytes, write_shard
 from transformers import AutoTokenizer
 
-from ovseg.data.captions import build_caption_loader
-from ovseg.data.pairing import pair_candidates
-from ovseg.data.prepare import prepare_captions
+from ovseg.data.captions.loader import build_caption_loader
+from ovseg.data.captions.pairing import pair_candidates
+from ovseg.data.captions.prepare import prepare_captions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ def mlflow_uri(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("world") / "w"
     generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=64)

@@ -10,8 +10,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from ovseg.data.segshards import SegSample, SegShardDataset, SkipCounter, iter_seg_shards, write_seg_shards
-from ovseg.data.shardio import write_tar
+from ovseg.data.segmentation.shards import SegSample, SegShardDataset, iter_seg_shards, write_seg_shards
+from ovseg.data.shardio import SkipCounter, write_tar
 
 CLASSES = ["background", "cat", "dog"]
 

@@ -9,9 +9,10 @@ import torch
 
 from ovseg import build_model, load_config, save_checkpoint
 from ovseg.checkpoint import model_from_checkpoint, read_checkpoint
+from ovseg.data.shardio import palette
 from ovseg.eval.evaluate import evaluate
 from ovseg.eval.report import evaluate_and_log
-from ovseg.eval.visualize import comparison_panel, palette
+from ovseg.eval.visualize import comparison_panel
 from ovseg.federated.kinds import KINDS, CaptionKind, register
 from ovseg.federated.sites import Site
 from ovseg.models.ovsegmentor import OVSegmentor
@@ -19,8 +20,8 @@ from ovseg.models.text import build_tokenizer
 
 
 def test_a_new_site_kind_is_one_registered_class(tmp_path):
-    from ovseg.data.synthetic import SyntheticConfig
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.scene import SyntheticConfig
+    from ovseg.data.synthetic.world import generate_world
     from ovseg.federated.split import split_world
 
     @register

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from services import REPO, env
@@ -21,7 +20,7 @@ SWEEP = str(REPO / "tuning" / "sweep.py")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("world") / "w"
     generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=128)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from ovseg.data.benchmarks import build_benchmark
-from ovseg.data.segshards import SkipCounter, iter_seg_shards
-from ovseg.data.synthetic import DEFAULT_CLASSES, SyntheticConfig, render_scene
-from ovseg.data.synthetic_shapes import CLASS_STYLES
-from ovseg.data.synthetic_world import generate_world
+from ovseg.data.benchmarks.registry import build_benchmark
+from ovseg.data.segmentation.shards import iter_seg_shards
+from ovseg.data.shardio import SkipCounter
+from ovseg.data.synthetic.scene import DEFAULT_CLASSES, SyntheticConfig, render_scene
+from ovseg.data.synthetic.shapes import CLASS_STYLES
+from ovseg.data.synthetic.world import generate_world
 
 # Reference lists written out from reference/ovsegmentor.md §5.1 (not imported from the code under test).
 CANONICAL_73 = set("""people car bus truck motorcycle train bicycle boat aeroplane cup bottle bowl knife spoon glass fork
@@ -178,7 +179,7 @@ def test_script_runs_and_reports_errors(tmp_path, capsys):
 
 
 def test_project_entity_matcher_reads_the_mentioned_classes():
-    entities = pytest.importorskip("ovseg.data.entities")
+    entities = pytest.importorskip("ovseg.data.captions.entities")
     cfg = SyntheticConfig(classes=tuple(CLASS_STYLES))  # every drawable class, synonyms and plurals included
     matcher = entities.EntityMatcher()
     for i in range(200):
@@ -187,7 +188,7 @@ def test_project_entity_matcher_reads_the_mentioned_classes():
 
 
 def test_smooth_background_has_no_noise_or_lines():
-    from ovseg.data.synthetic import SyntheticConfig
+    from ovseg.data.synthetic.scene import SyntheticConfig
     smooth = SyntheticConfig(background="smooth")
 
     def roughness(scene):  # mean absolute difference of horizontally neighbouring background pixels

@@ -22,7 +22,7 @@ def test_lr_schedule_hand_worked():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
+    from ovseg.data.synthetic.world import generate_world
 
     root = tmp_path_factory.mktemp("world") / "w"
     generate_world(root, seed=0, num_train=160, num_val=6, num_seg=0, shard_size=80)
@@ -140,7 +140,7 @@ def test_multilabel_and_diversity_options_are_trained_and_logged_in_both_stages(
 def test_world_options_reach_the_generated_world(tmp_path):
     import json
 
-    from ovseg.data.synthetic_world import ensure_synthetic_world, synthetic_root
+    from ovseg.data.synthetic.world import ensure_synthetic_world, synthetic_root
 
     over = ["data.synthetic_min_scale=0.4", "data.synthetic_max_scale=0.7", "data.synthetic_max_objects=2"]
     classic = ["data.synthetic_min_scale=0.3", "data.synthetic_max_scale=0.6", "data.synthetic_max_objects=4"]

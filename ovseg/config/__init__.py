@@ -9,10 +9,30 @@ ViT-B/16 model (OVSegmentor, CVPR 2023; reference: ovsegmentor.md sections 2, 4,
     io.py     from_dict / load_config / parse_overrides / flatten
 """
 
-from .io import (CONFIG_DIR, available_configs, flat_overrides, flatten, from_dict, load_config, merge_dicts,
-                 parse_overrides, save_config, to_dict)
-from .tree import (Config, DataConfig, DPConfig, EvalConfig, FedConfig, LossConfig, ModelConfig, TextConfig,
-                   TrainConfig, VisionConfig)
+from .io import (
+                 CONFIG_DIR,
+                 available_configs,
+                 flat_overrides,
+                 flatten,
+                 from_dict,
+                 load_config,
+                 merge_dicts,
+                 parse_overrides,
+                 save_config,
+                 to_dict,
+)
+from .tree import (
+                 Config,
+                 DataConfig,
+                 DPConfig,
+                 EvalConfig,
+                 FedConfig,
+                 LossConfig,
+                 ModelConfig,
+                 TextConfig,
+                 TrainConfig,
+                 VisionConfig,
+)
 
 __all__ = ["CONFIG_DIR", "Config", "DPConfig", "DataConfig", "EvalConfig", "FedConfig", "LossConfig", "ModelConfig",
            "TextConfig", "TrainConfig", "VisionConfig", "available_configs", "flat_overrides", "flatten", "from_dict",

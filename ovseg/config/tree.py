@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass(frozen=True)
 class VisionConfig:
     """GroupViT vision tower. One entry per stage in the tuples; a grouping block ends every stage but the last."""
@@ -112,7 +113,7 @@ class DataConfig:
     synthetic_train: int = 20000
     synthetic_val: int = 500
     synthetic_seg: int = 2000
-    synthetic_background: str = "cluttered"  # or "smooth" (no pixel noise, no lines): ovseg.data.synthetic
+    synthetic_background: str = "cluttered"  # or "smooth" (no pixel noise, no lines): ovseg.data.synthetic.scene
     synthetic_min_scale: float = 0.3  # object diameters as a fraction of the image side
     synthetic_max_scale: float = 0.6
     synthetic_max_objects: int = 4  # objects per image: 1 to this many

@@ -1,11 +1,14 @@
-"""Every way data enters ovseg: caption shards and the CC4M entity pipeline, cross-image pairing,
-segmentation shards, the zero-shot benchmark readers, and the generated synthetic world.
+"""Every way data enters ovseg, one sub-package per kind of data over one shard I/O module.
 
-- ``entities``: the paper's 100-word vocabulary on 73 entities, one spaCy-based matcher for filtering,
-  masking and pairing.
-- ``captions`` (+ ``caption_sample``, ``shards``, ``pairing``): the streaming webdataset loader.
-- ``prepare``: ``platform/prepare_captions.py`` (keep captions that name an entity, annotate, pair).
-- ``segshards``: the labelled-shard format for partner sites (writer, converter, reader).
-- ``benchmarks`` (+ ``benchmark_classes``, ``coco_object``): VOC, Context, COCO-Object, ADE20K readers.
-- ``synthetic`` (+ ``synthetic_shapes``, ``synthetic_world``): the embedded default world.
+- ``shardio``: tar reading (members grouped by sample key) and atomic writing, shard URL expansion, the skip
+  counter, image/label codecs and the VOC palette; every sub-package reads and writes files through it.
+- ``captions``: caption shards (img2dataset layout): the streaming loader, what one sample becomes
+  (``sample``, ``transforms``), the CC4M entity vocabulary and matcher, cross-image pairing, and ``prepare``
+  (``platform/prepare_captions.py``: keep captions that name an entity, annotate, pair).
+- ``segmentation``: the labelled-shard format of partner sites (``shards``) and its training batches and
+  evaluation split (``batches``).
+- ``benchmarks``: the zero-shot benchmark readers (VOC, Context, COCO-Object, ADE20K, the synthetic val
+  split), one module per family, registered in ``benchmarks/__init__.py``.
+- ``synthetic``: the embedded default world: drawing primitives (``shapes``), scenes and captions
+  (``scene``), and writing a world to disk and finding a config's world (``world``).
 """

@@ -1,40 +1,277 @@
-"""Byte-level helpers shared by the shard writers, the benchmark readers and the synthetic world.
+"""Shard I/O shared by every data sub-package: the one tar reader, URL expander, skip counter, atomic writer,
+the image/label codecs and the colour palette.
 
-Why a module of its own: three writers (segmentation shards, the COCO-Object converter, the synthetic
-world) must all obey the same two rules, and getting them right once is cheaper than three times:
+Why one module: caption shards, segmentation shards, the federated splitter, the synthetic world, the
+COCO-Object converter and the evaluation pictures all read or write the same kinds of files, and each rule
+below is cheaper to get right once than once per caller:
 
-* nothing half-written is ever visible under its final name: every file is written to a temporary name
-  in the same folder and moved into place with ``os.replace`` (atomic on POSIX);
-* the same content gives the same bytes: tar members carry a fixed mtime, owner and mode, and images
-  are encoded with fixed encoder settings, so a seeded generator is byte-for-byte reproducible.
+* nothing half-written is ever visible under its final name: every file is written to a temporary sibling
+  and moved into place with ``os.replace`` (atomic on POSIX); the temporary file is removed on any error;
+* the same content gives the same bytes: tar members carry a fixed mtime, owner and mode, and images are
+  encoded with fixed encoder settings, so a seeded generator is byte-for-byte reproducible;
+* a tar is read as a stream of samples, consecutive members sharing a key (the webdataset convention); a
+  shard that cannot be read, or that is cut short, is skipped and counted by reason in a
+  :class:`SkipCounter` (or raises, when the caller passes no counter), never silently replaced.
 
-It also holds the few image codecs the data layer needs (JPEG/PNG in, uint8 / integer arrays out) and
-the PASCAL VOC colour palette used for palette-PNG label maps.
+The two shard families differ in how a member name maps to a key and in how a cut-short tar is recognised;
+those differences are kept, on purpose and in one place, as the two :class:`TarLayout` values
+``IMG2DATASET`` (caption shards) and ``SEGMENTATION`` (segmentation shards, synthetic-world shards).
 """
 
 from __future__ import annotations
 
+import glob
 import io
+import logging
 import os
 import tarfile
-import tempfile
+import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 JPEG_QUALITY = 95
+IGNORE = 255
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling file and an atomic rename."""
+# ------------------------------------------------------------------ skip counter
+
+
+class SkipCounter:
+    """Counts skipped samples (and unusable shards) by reason and keeps the first few messages for a report.
+
+    ``reasons``: when given, the only reasons allowed (a typo in a reason name is a bug, not a new reason).
+    ``loud``: log the first ``loud`` skips of each reason as warnings and the rest at debug level (None: all
+    as warnings). ``take`` returns and clears the counts gathered since the previous ``take`` (loader workers
+    send those deltas with their batches); ``seen`` keeps counting, so the log throttle spans batches.
+    """
+
+    def __init__(self, reasons: Sequence[str] | None = None, keep: int = 20, loud: int | None = None):
+        self.counts: Counter[str] = Counter()
+        self.seen: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self.reasons = None if reasons is None else frozenset(reasons)
+        self._keep, self._loud = keep, loud
+
+    def add(self, reason: str, where: str, detail: str = "") -> None:
+        assert self.reasons is None or reason in self.reasons, reason
+        self.counts[reason] += 1
+        self.seen[reason] += 1
+        msg = f"skipped {where}: {reason}: {detail}" if detail else f"skipped {where}: {reason}"
+        if len(self.examples) < self._keep:
+            self.examples.append(msg)
+        loud = self._loud is None or self.seen[reason] <= self._loud
+        log.log(logging.WARNING if loud else logging.DEBUG, msg)
+
+    def take(self) -> dict[str, int]:
+        delta = dict(self.counts)
+        self.counts.clear()
+        return delta
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+# ------------------------------------------------------------------ finding shards
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], *, check: bool = True,
+                what: str = "caption shard") -> list[str]:
+    """Shard URLs from brace patterns (``shard-{000000..000009}.tar``), as webdataset expands them.
+
+    ``check`` (the caption loader and ``prepare``): also accept a folder (its ``*.tar``), a glob, and require
+    every local path to exist: a missing shard raises ``FileNotFoundError`` naming it, an empty list
+    ``ValueError``; remote URLs (``http://...``, ``pipe:...``) pass unchecked. Without ``check`` (segmentation
+    shards) the patterns are only brace-expanded: a missing shard is counted as ``unreadable_shard`` when read.
+    """
+    from braceexpand import braceexpand
+
+    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    if not check:
+        return [u for item in items for u in braceexpand(str(item))]
+    if not items:
+        raise ValueError(f"no {what} given (empty list)")
+    out: list[str] = []
+    for item in items:
+        item = str(item)
+        if is_remote(item):
+            out.extend(braceexpand(item))
+            continue
+        if os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(item, "*.tar")))
+            if not found:
+                raise FileNotFoundError(f"no *.tar shard in folder {item}")
+            out.extend(found)
+            continue
+        for path in braceexpand(item):
+            if any(c in path for c in "*?["):
+                found = sorted(glob.glob(path))
+                if not found:
+                    raise FileNotFoundError(f"no shard matches {path}")
+                out.extend(found)
+            elif not os.path.isfile(path):
+                raise FileNotFoundError(f"{what} not found: {path} (from {item})")
+            else:
+                out.append(path)
+    return out
+
+
+# ------------------------------------------------------------------ reading tars
+
+
+def _starts_with_dunder(name: str) -> bool:
+    return name.startswith("__")
+
+
+def _has_no_extension(name: str) -> bool:
+    return "." not in name.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class TarLayout:
+    """How one shard family maps tar members to samples and recognises a bad shard (see the two values below).
+
+    The fields record where the caption reader and the segmentation reader differed before they became this
+    one reader; each caller keeps exactly the behaviour it had.
+    """
+
+    folder_in_key: bool        # the key keeps the member's folder ("part/000123"), as img2dataset names them
+    split_on_repeat: bool      # a member whose extension the current sample already has starts a new sample
+    skip: Callable[[str], bool]  # member names that belong to no sample
+    check_sizes: bool          # a member shorter than its header says is a cut (stream mode reads it silently)
+    truncated: str             # the reason counted for a shard cut short
+    early_unreadable: bool     # an error before the first member was read counts as unreadable_shard
+    end_check: str             # "size": the file is shorter than the end-of-archive blocks would make it;
+    #                            "zeros": a plain tar's two zero blocks are missing after the last sample
+    local_only: bool           # open local files only; a file that cannot be opened is counted, not raised
+
+
+IMG2DATASET = TarLayout(folder_in_key=True, split_on_repeat=True, skip=_starts_with_dunder, check_sizes=True,
+                        truncated="truncated_shard", early_unreadable=False, end_check="size", local_only=False)
+SEGMENTATION = TarLayout(folder_in_key=False, split_on_repeat=False, skip=_has_no_extension, check_sizes=False,
+                         truncated="truncated_tar", early_unreadable=True, end_check="zeros", local_only=True)
+
+
+def split_key(name: str, folder_in_key: bool = True) -> tuple[str, str]:
+    """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``): the key ends at the first dot of the file name, as
+    webdataset groups files (so ``a.seg.png`` is member ``seg.png`` of key ``a``); the extension is lower-cased."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (folder + "/" + stem if folder and folder_in_key else stem), ext.lower()
+
+
+def _ends_early(url: str, offset: int, layout: TarLayout, read_any: bool) -> bool:
+    """True if a tar that read without error lacks its end-of-archive marker (a copy cut between members)."""
+    if is_remote(url):
+        return False
+    if layout.end_check == "size":
+        return os.path.getsize(url) < offset + 2 * tarfile.BLOCKSIZE
+    if not read_any:
+        return False
+    with open(url, "rb") as f:
+        if f.read(512)[257:262] != b"ustar":
+            return False  # compressed or exotic: no cheap check, rely on read errors
+        f.seek(offset)
+        return f.read(1024) != bytes(1024)
+
+
+def read_tar(url: str, counter: SkipCounter | None = None,
+             layout: TarLayout = SEGMENTATION) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """Samples of one tar shard, in file order: ``(key, [(member name, extension, bytes), ...])``.
+
+    Consecutive members sharing a key form one sample (see :class:`TarLayout`). With a ``counter``, a shard
+    that cannot be read is counted as ``unreadable_shard`` and one cut short as ``layout.truncated``: the
+    samples before the cut are kept, the sample in progress is dropped (it may lack files), nothing is
+    guessed. Without a counter every such problem raises.
+    """
+    strict = counter is None
+    if layout.local_only:
+        try:
+            stream: BinaryIO = open(url, "rb")
+        except OSError as exn:
+            if strict:
+                raise
+            counter.add("unreadable_shard", url, str(exn))
+            return
+    elif is_remote(url):
+        from webdataset.gopen import gopen
+
+        stream = gopen(url, "rb")
+    else:
+        stream = open(url, "rb")
+    key, members = None, []
+    try:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*")
+        except (tarfile.TarError, EOFError, OSError) as exn:
+            if strict:
+                raise
+            counter.add("unreadable_shard", url, str(exn) or type(exn).__name__)
+            return
+        try:
+            for info in tar:
+                if not info.isreg() or layout.skip(info.name):
+                    continue
+                k, ext = split_key(info.name, layout.folder_in_key)
+                data = tar.extractfile(info).read()
+                if (strict or layout.check_sizes) and len(data) != info.size:
+                    raise EOFError(f"member {info.name} has {len(data)} of its {info.size} bytes")
+                if members and (k != key or (layout.split_on_repeat and any(e == ext for _, e, _ in members))):
+                    yield key, members
+                    members = []
+                key = k
+                members.append((info.name, ext, data))
+        except (tarfile.TarError, EOFError, OSError) as exn:
+            if strict:
+                raise
+            reason = "unreadable_shard" if layout.early_unreadable and key is None else layout.truncated
+            counter.add(reason, f"{url} (cut short after sample {key})" if key else url,
+                        str(exn) or type(exn).__name__)
+            return
+        if not strict and _ends_early(url, tar.offset, layout, key is not None):
+            counter.add(layout.truncated, f"{url} (sample {key})", "no end-of-archive marker: the last sample "
+                        "may be cut, so it is skipped")
+            return
+        if members:
+            yield key, members
+    finally:
+        stream.close()
+
+
+# ------------------------------------------------------------------ writing atomically
+
+
+def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], None], *, perm: int = 0o600) -> Path:
+    """Create ``path`` by ``fill(file)`` on a temporary sibling and an atomic rename; remove it on any error.
+
+    ``perm``: the new file's mode bits before the umask. 0o600 (the default) is what ``tempfile.mkstemp``
+    gave the byte writers; caption shards written by ``prepare`` were created with ``open`` (0o666 minus the
+    umask) and pass ``perm=0o666`` to stay readable by others as before.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perm)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
         os.replace(tmp, path)
     except BaseException:
         # Leave no partial file behind, whatever interrupted us (disk full, KeyboardInterrupt, ...).
@@ -44,28 +281,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """Build a tar archive in memory with reproducible headers (mtime 0, root owner, mode 0644).
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, perm: int = 0o600) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), perm=perm)
 
-    Members keep the order given: webdataset groups consecutive members sharing a key into a sample,
-    so callers pass each sample's files together.
+
+def write_tar(path: str | os.PathLike, members: Iterable[tuple[str, bytes]], *, perm: int = 0o600) -> Path:
+    """Stream ``(name, bytes)`` members (any iterable) into a reproducible tar, atomically.
+
+    Headers are fixed (mtime 0, root owner, mode 0644, GNU format). Members keep the order given: a sample's
+    files must be consecutive (see :func:`read_tar`).
     """
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    def fill(f: BinaryIO) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return atomic_write(path, fill, perm=perm)
 
 
-def write_tar(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> Path:
-    """Write a reproducible tar atomically (see :func:`tar_bytes`)."""
-    return atomic_write_bytes(path, tar_bytes(members))
+def sample_members(samples: Iterable[dict]) -> Iterator[tuple[str, bytes]]:
+    """``{"__key__": k, ext: bytes, ...}`` samples -> tar members ``k.ext`` (``__``-fields are left out)."""
+    for sample in samples:
+        for ext, data in sample.items():
+            if not ext.startswith("__"):
+                yield f"{sample['__key__']}.{ext}", data
+
+
+# ------------------------------------------------------------------ images, label maps, palette
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -97,7 +343,7 @@ def encode_label_png(label: np.ndarray, palette: bool = False) -> bytes:
         img = Image.fromarray(label.astype(np.uint8), "L")
         if palette:
             img = img.convert("P")
-            img.putpalette(voc_palette())
+            img.putpalette(_png_palette())
     else:
         img = Image.fromarray(label.astype(np.uint16))  # mode I;16
     img.save(buf, format="PNG")
@@ -129,16 +375,26 @@ def decode_label(data: bytes) -> np.ndarray:
         return label_array(img)
 
 
-def voc_palette(num: int = 256) -> list[int]:
-    """The PASCAL VOC colour map (bit-interleaved class index), flattened for ``putpalette``."""
-    out = []
-    for i in range(num):
-        r = g = b = 0
-        c = i
+def palette(n: int = 256, ignore: int | None = IGNORE) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved class index) for ``max(n, 256)`` classes, (N, 3) uint8.
+
+    ``ignore`` (255) is drawn white, as the evaluation pictures show it; ``ignore=None`` keeps VOC's own
+    colour there, as VOC's palette PNGs (and :func:`encode_label_png`) carry it.
+    """
+    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
+    for i in range(len(pal)):
+        c, r, g, b = i, 0, 0, 0
         for shift in range(7, -1, -1):
             r |= (c & 1) << shift
             g |= ((c >> 1) & 1) << shift
             b |= ((c >> 2) & 1) << shift
             c >>= 3
-        out += [r, g, b]
-    return out
+        pal[i] = (r, g, b)
+    if ignore is not None:
+        pal[ignore] = (255, 255, 255)
+    return pal
+
+
+def _png_palette() -> list[int]:
+    """VOC's own palette, flattened for ``putpalette`` (``encode_label_png``'s ``palette`` flag shadows the name)."""
+    return palette(ignore=None).ravel().tolist()

@@ -98,7 +98,7 @@ def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
 
 def parse_eval_sets(specs, default_root: str | Path | None = None):
     """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``."""
-    from ..data.benchmarks import build_benchmark
+    from ..data.benchmarks.registry import build_benchmark
 
     out = []
     for spec in specs:

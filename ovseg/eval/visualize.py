@@ -15,25 +15,10 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IGNORE = 255
+from ..data.shardio import palette
 
 TEXT = (20, 20, 20)  # not a VOC palette colour (those are multiples of 32)
 PANEL = (255, 255, 255)
-
-
-def palette(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved), extended to n classes; ignore is white."""
-    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
-    for i in range(len(pal)):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    pal[IGNORE] = (255, 255, 255)
-    return pal
 
 
 def label_image(labels: np.ndarray) -> Image.Image:

@@ -59,8 +59,8 @@ class CaptionKind(SiteKind):
         return None if best is None else best[1]
 
     def batches(self, cfg, model, shards, seed):
-        from ..data.caption_sample import transform_kind
-        from ..data.captions import build_caption_loader
+        from ..data.captions.loader import build_caption_loader
+        from ..data.captions.transforms import transform_kind
 
         batch = cfg.fed.local_batch
         loader = build_caption_loader(shards, model.tokenizer.hf, batch_size=batch,
@@ -107,7 +107,7 @@ class SegmentationKind(SiteKind):
         return classes.index(name) if name in classes else None
 
     def batches(self, cfg, model, shards, seed):
-        from ..data.segbatch import SegBatchLoader
+        from ..data.segmentation.batches import SegBatchLoader
 
         loader = SegBatchLoader(shards, model.tokenizer.hf, image_size=cfg.model.vision.img_size,
                                 batch_size=cfg.fed.local_batch, seed=seed, max_length=cfg.model.text.max_length,

@@ -96,8 +96,8 @@ def site_metric_names() -> tuple[str, ...]:
 
 def site_evaluate(model: torch.nn.Module, cfg: Config, site: Site):
     """mIoU on the site's own labelled split (``val/``), or None when it has none."""
-    from ..data.benchmarks import BG_THRESH
-    from ..data.segbatch import SegShardBenchmark
+    from ..data.benchmarks.registry import BG_THRESH
+    from ..data.segmentation.batches import SegShardBenchmark
     from ..eval.evaluate import evaluate
 
     shards = site.val_shards()

@@ -22,32 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..data.shardio import atomic_write_bytes, write_tar
+from ..data.shardio import atomic_write_bytes, read_tar, write_tar
 from .kinds import KINDS
-
-
-def _tar_samples(path: Path):
-    """(key, [(member name, bytes)...]) for consecutive members sharing a key."""
-    key, members = None, []
-    with tarfile.open(path) as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            k = info.name.split("/")[-1].split(".", 1)[0]
-            data = tar.extractfile(info).read()
-            if k != key and members:
-                yield key, members
-                members = []
-            key = k
-            members.append((info.name, data))
-    if members:
-        yield key, members
 
 
 def _assign(labels: list[int | None], num_sites: int, num_classes: int, alpha: float,
@@ -87,7 +68,8 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
             shards = sorted((world / split).glob("*.tar"))
             if not shards:
                 raise FileNotFoundError(f"{world / split}: no shards for the {kind} sites")
-            samples = [s for shard in shards for s in _tar_samples(shard)]
+            samples = [(key, [(name, data) for name, _, data in members])
+                       for shard in shards for key, members in read_tar(str(shard))]
             if max_per_kind is not None:
                 samples = samples[:max_per_kind]
             labels = [classify(m, classes) for _, m in samples]

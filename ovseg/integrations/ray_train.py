@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import Config, from_dict, to_dict
-from ..data.synthetic_world import ensure_synthetic_world
+from ..data.synthetic.world import ensure_synthetic_world
 from ..tracking import MlflowTracker, NullTracker, default_tracking_uri
 from ..train.pretrain import CHECKPOINT_FILE, Pretrainer, WorkerEnv
 

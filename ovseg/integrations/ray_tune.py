@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, from_dict, merge_dicts, parse_overrides, save_config, to_dict
-from ..data.synthetic_world import ensure_synthetic_world
+from ..data.synthetic.world import ensure_synthetic_world
 from ..tracking import MlflowTracker, default_tracking_uri
 from ..train.pretrain import CHECKPOINT_FILE, Pretrainer, WorkerEnv
 

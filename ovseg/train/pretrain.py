@@ -20,7 +20,7 @@ import torch
 
 from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from ..config import Config, flatten, to_dict
-from ..data.synthetic_world import synthetic_root
+from ..data.synthetic.world import synthetic_root
 from ..eval.evaluate import parse_eval_sets
 from ..eval.report import evaluate_and_log
 from ..losses import Gather
@@ -126,8 +126,8 @@ class Pretrainer:
         return batch, sched, optimizer, self._loader(stage, batch)
 
     def _loader(self, stage: int, batch: int):
-        from ..data.caption_sample import transform_kind
-        from ..data.captions import build_caption_loader
+        from ..data.captions.loader import build_caption_loader
+        from ..data.captions.transforms import transform_kind
 
         cfg = self.cfg
         aug_stage = transform_kind(cfg.data.augment, stage)

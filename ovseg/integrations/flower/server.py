@@ -28,7 +28,7 @@ def latest_round(ckpt_dir: Path) -> Path | None:
 
 def run_server(grid: Grid, run_config: dict) -> dict:
     """The coordinator's federation: resume or start, run the remaining rounds, evaluate, log, checkpoint."""
-    from ...data.synthetic_world import synthetic_root
+    from ...data.synthetic.world import synthetic_root
     from ...eval.evaluate import parse_eval_sets
     from ...eval.report import evaluate_and_log
     from ...tracking import MlflowTracker

@@ -1,8 +1,8 @@
 """One caption-shard sample -> tensors: image, caption, masked caption, answer prompt, paired image.
 
-The loader (captions.py) streams, shuffles, pairs and batches; this module says what one sample becomes
+The loader (loader.py) streams, shuffles, pairs and batches; this module says what one sample becomes
 and why it may be skipped (paper sections 3.2-3.3; reference sections 3, 4.3, 4.4, 5.5, 5.6):
-- ``image``: decoded and augmented. Stage 1 = timm's DeiT recipe (RandomResizedCrop 0.08-1, RandAugment
+- ``image``: decoded and augmented (transforms.py). Stage 1 = timm's DeiT recipe (RandomResizedCrop 0.08-1, RandAugment
   m9, random erasing 0.25); stage 2 = RandomResizedCrop(0.4-1) + horizontal flip. ImageNet mean/std.
 - ``caption``: BERT WordPiece ids, padded to ``max_length`` (77), with the attention mask.
 - ``question``: the caption with every entity mention replaced by ``tokenizer.mask_token`` in place.
@@ -20,7 +20,8 @@ Decisions, each a deviation or a clarification of the released code:
 - Captions naming no entity are KEPT for the contrastive loss, as the reference does, with
   ``has_entity=False`` so the entity and mask losses can leave them out (counted as ``no_entity``).
 - Bad samples are skipped and counted by reason, never replaced: missing_image, missing_caption,
-  corrupt_image, bad_utf8, empty_caption, bad_json (plus the shard-level reasons of shards.py).
+  corrupt_image, bad_utf8, empty_caption, bad_json (plus the shard-level reasons of ``read_shard``:
+  unreadable_shard, truncated_shard).
 """
 
 from __future__ import annotations
@@ -29,74 +30,60 @@ import io
 import json
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
 
-from ovseg.data.entities import EntityMatcher, answer_prompt, mask_spans, unique_entities
-from ovseg.data.shards import SkipSample, image_bytes, read_caption
+from ovseg.data.captions.entities import EntityMatcher, answer_prompt, mask_spans, unique_entities
+from ovseg.data.captions.transforms import build_image_transform
+from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
 CROSS_PROMPT = "A photo of {}"
 ENTITY_PROMPT = "a photo of a {}."  # the multi-label loss's prompt: the zero-shot protocol's template
 
 
-AUGMENTS = ("paper", "light", "flip")
+class SkipSample(Exception):
+    """A sample that cannot be used; ``reason`` is the counter name."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
 
 
-def transform_kind(augment: str, stage: int) -> int | str:
-    """What ``data.augment`` means for a training stage: the ``build_image_transform`` argument."""
-    if augment not in AUGMENTS:
-        raise ValueError(f"data.augment must be one of {AUGMENTS}, got {augment!r}")
-    if augment == "flip":
-        return "flip"
-    return 2 if (stage == 2 or augment == "light") else 1
+def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
+    """Samples ``{"__key__", "__url__", ext: bytes, ...}`` of one img2dataset shard, in file order.
+
+    The loader and ``prepare`` both read shards through this, so a shard one accepts the other accepts too.
+    Shard problems are counted in ``counter`` (``unreadable_shard``, ``truncated_shard``; see
+    ``shardio.read_tar`` and its ``IMG2DATASET`` layout).
+    """
+    for key, members in read_tar(url, counter, IMG2DATASET):
+        sample = {"__key__": key, "__url__": url}
+        sample.update((ext, data) for _, ext, data in members)
+        yield sample
 
 
-def build_image_transform(stage: int | str, size: int):
-    """The training augmentation of ``stage`` 1 (DeiT / RandAugment) or 2 (crop + flip only); ``"flip"``:
-    resize to ``size`` and a horizontal flip, nothing else (for small synthetic images, where a crop can cut
-    away an object that the caption names)."""
-    if stage == "flip":
-        from torchvision import transforms as T
-
-        return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
-                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    if stage == 1:
-        from timm.data import create_transform
-        from timm.data.auto_augment import RandAugment
-
-        transform = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
-                                     re_mode="pixel", re_count=1, interpolation="bilinear",
-                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        for t in transform.transforms:
-            if isinstance(t, RandAugment):
-                for op in t.ops:
-                    if op.name.startswith("Posterize"):
-                        op.aug_fn = _posterize
-        return transform
-    if stage == 2:
-        from torchvision import transforms as T
-
-        return T.Compose([
-            T.RandomResizedCrop(size, scale=(0.4, 1.0), interpolation=T.InterpolationMode.BILINEAR),
-            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+def image_bytes(raw: dict) -> bytes:
+    for ext in IMAGE_EXTS:
+        if ext in raw:
+            return raw[ext]
+    raise SkipSample("missing_image", f"no {'/'.join(IMAGE_EXTS)} file")
 
 
-def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
-    """timm's posterize, for any bit count. At magnitude 10 (reachable with mstd0.5) "PosterizeIncreasing"
-    keeps 0 bits: Pillow >= 10 raises on that (a crash in about 1 of 300 samples); the Pillow the paper
-    used returned a black image, which is what this does."""
-    from PIL import ImageOps
-
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
+def read_caption(raw: dict) -> str:
+    if "txt" not in raw:
+        raise SkipSample("missing_caption", "no .txt file")
+    try:
+        text = raw["txt"].decode("utf-8")
+    except UnicodeDecodeError as exn:
+        raise SkipSample("bad_utf8", str(exn)) from None
+    text = text.strip()
+    if not text:
+        raise SkipSample("empty_caption")
+    return text
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -1,6 +1,6 @@
 """The drawing primitives of the synthetic world: class shapes, class textures, cluttered backgrounds.
 
-The synthetic world (see ``synthetic.py``) must be a fair test of learning segmentation from captions:
+The synthetic world (see ``scene.py``) must be a fair test of learning segmentation from captions:
 a class may be recognisable only by its *form*, never by its colour. So every class owns one
 silhouette and one texture (a two-colour pattern drawn in the object's own frame, so it rotates and
 scales with the object), while both colours are drawn at random per object. Backgrounds are clutter

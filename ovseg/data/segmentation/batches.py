@@ -14,7 +14,7 @@ both kinds of supervision need (DESIGN.md, data flow):
   run on segmentation data too. Repeated captions within a batch are left out of the contrast
   (``caption_valid``); crops with no named foreground are left out of both text losses.
 
-Shards are read by ``segshards.iter_seg_shards``: bad samples are skipped and counted, never replaced.
+Shards are read by ``shards.iter_seg_shards``: bad samples are skipped and counted, never replaced.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovseg.data.caption_sample import IMAGENET_MEAN, IMAGENET_STD, SampleBuilder, trim_padding
-from ovseg.data.captions import shuffle_buffer
-from ovseg.data.segshards import SkipCounter, expand_urls, iter_seg_shards
+from ovseg.data.captions.loader import shuffle_buffer
+from ovseg.data.captions.sample import SampleBuilder, trim_padding
+from ovseg.data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ovseg.data.segmentation.shards import SKIP_REASONS, iter_seg_shards
+from ovseg.data.shardio import SkipCounter, expand_urls
 
 IGNORE = 255
 PROMPT = "a photo of a {}."
@@ -82,7 +84,7 @@ class SegBatchLoader:
 
     def __init__(self, urls, tokenizer, *, image_size: int, batch_size: int, seed: int = 0, max_length: int = 77,
                  shuffle: int = 256, scale: tuple[float, float] = (0.5, 1.0)):
-        self.urls = expand_urls(urls)
+        self.urls = expand_urls(urls, check=False)
         if not self.urls:
             raise ValueError(f"no segmentation shards match {urls!r}")
         if batch_size < 1:
@@ -90,7 +92,7 @@ class SegBatchLoader:
         self.builder = SampleBuilder(tokenizer, image_size=image_size, stage=2, max_length=max_length)
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.shuffle, self.scale = shuffle, scale
-        self.counter = SkipCounter()
+        self.counter = SkipCounter(SKIP_REASONS)
         self.flags: Counter[str] = Counter()
         self.epoch = 0
         self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
@@ -171,7 +173,7 @@ class SegShardBenchmark:
 
     def __init__(self, urls, name: str = "site", bg_thresh: float | None = None):
         self.name, self.bg_thresh = name, bg_thresh
-        self.counter = SkipCounter()
+        self.counter = SkipCounter(SKIP_REASONS)
         self.samples: list[tuple[np.ndarray, np.ndarray, str]] = []
         self.class_names: list[str] | None = None
         for image, label, classes, key in iter_seg_shards(urls, self.counter):

@@ -3,7 +3,7 @@
 ``build_caption_loader(urls, tokenizer, ...)`` reads img2dataset webdataset shards (local paths, lists or
 brace patterns), splits the shards by node (rank / world size from ``torch.distributed`` when it is
 initialised) and by DataLoader worker, shuffles samples in a buffer, and yields batches as dicts of tensors
-(keys in caption_sample.py). What it does differently from the released loader:
+(keys in sample.py). What it does differently from the released loader:
 
 - Reshuffled every epoch: shard order and sample buffer are seeded by (seed, epoch), the same seed gives
   the same order; each ``iter(loader)`` moves to the next epoch unless ``set_epoch`` says otherwise (the
@@ -22,7 +22,6 @@ initialised) and by DataLoader worker, shuffles samples in a buffer, and yields 
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from collections import Counter
@@ -32,11 +31,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ovseg.data.caption_sample import SampleBuilder, collate
-from ovseg.data.pairing import pair_in_stream, stable_seed
-from ovseg.data.shards import SkipSample, expand_urls, read_shard
-
-log = logging.getLogger(__name__)
+from ovseg.data.captions.pairing import pair_in_stream, stable_seed
+from ovseg.data.captions.sample import SampleBuilder, SkipSample, collate, read_shard
+from ovseg.data.shardio import SkipCounter, expand_urls
 
 
 @dataclass
@@ -108,8 +105,9 @@ class CaptionShardDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         rng = random.Random(stable_seed(self.seed, "samples", self.epoch, self.pass_index, self.rank, worker))
-        skipped, flagged = Counter(), Counter()
-        seen_skips = Counter()  # never cleared: only the first skips of each reason are logged as warnings
+        # Cleared at every batch (the counts travel with it); after the first 10 skips of a reason, the log
+        # goes to debug level so it stays readable.
+        skipped, flagged = SkipCounter(loud=10), Counter()
 
         def raw():
             for url in self.shards_for(worker, num_workers):
@@ -120,19 +118,14 @@ class CaptionShardDataset(IterableDataset):
                 try:
                     sample = self.builder(raw_sample, rng, flagged)
                 except SkipSample as exn:
-                    skipped[exn.reason] += 1
-                    seen_skips[exn.reason] += 1
-                    # Name the file and the sample; after the first few, keep the log readable.
-                    level = logging.WARNING if seen_skips[exn.reason] <= 10 else logging.DEBUG
-                    log.log(level, "skipped sample %s of %s: %s", raw_sample["__key__"], raw_sample["__url__"], exn)
+                    skipped.add(exn.reason, f"sample {raw_sample['__key__']} of {raw_sample['__url__']}", exn.detail)
                     continue
                 if not sample["has_entity"]:
                     flagged["no_entity"] += 1
                 yield sample
 
         def counts():
-            delta = {"skipped": dict(skipped), "flagged": dict(flagged)}
-            skipped.clear()
+            delta = {"skipped": skipped.take(), "flagged": dict(flagged)}
             flagged.clear()
             return delta
 
@@ -208,7 +201,7 @@ def build_caption_loader(urls, tokenizer, *, batch_size: int, image_size: int = 
                          pin_memory: bool = False, entity_prompts: bool = False) -> CaptionLoader:
     """The caption loader. ``pairs`` adds cross images (stage 2); ``matcher`` overrides the vocabulary
     used when a shard carries no precomputed ``entity_spans``; ``entity_prompts`` adds the batch's entity
-    prompts and targets (``caption_sample.entity_batch``); ``rank``/``world_size`` override
+    prompts and targets (``sample.entity_batch``); ``rank``/``world_size`` override
     ``torch.distributed``. Read skip counts from ``loader.counts`` after (or during) iteration."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -6,7 +6,7 @@ Layout (``out_dir``)::
                                  {key}.json {"key", "caption", "status": "success", "width", "height"}
                                  -- never a mask or any object information: masks must not reach the
                                  caption-training path
-    seg/shard-000000.tar ...     segmentation shards (``segshards.py`` format), a separate draw
+    seg/shard-000000.tar ...     segmentation shards (``segmentation/shards.py`` format), a separate draw
     val/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/val.txt}
     val/class_names.txt          background first; read by ``build_benchmark("synthetic", out_dir/"val")``
     manifest.json                seed, parameters, class list and styles, per-split counts, per-class pixel
@@ -18,6 +18,10 @@ object boundaries: the masks are exact, so no pixel needs to be excused.
 The whole world is built in a temporary sibling folder and renamed into place at the end, so a
 half-written world never appears under ``out_dir``. The bytes depend only on the seed and the
 parameters (tar headers fixed, images drawn per index), not on ``num_workers``.
+
+Where a config's world lives also belongs here (``synthetic_root``, ``world_config``,
+``ensure_synthetic_world``): the trainer, the Ray/Flower integrations and the platform scripts all find and,
+on first use, generate the same world from ``cfg.data.synthetic_*`` without importing each other.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ovseg.data.segshards import SegSample, write_seg_shards
+from ovseg.data.segmentation.shards import SegSample, write_seg_shards
 from ovseg.data.shardio import atomic_write_bytes, encode_jpeg, encode_label_png, write_tar
-from ovseg.data.synthetic import Scene, SyntheticConfig, render_scene
-from ovseg.data.synthetic_shapes import CLASS_STYLES
+from ovseg.data.synthetic.scene import Scene, SyntheticConfig, render_scene
+from ovseg.data.synthetic.shapes import CLASS_STYLES
 
 FORMAT = "ovseg-synthetic-world/1"
 

@@ -1,4 +1,7 @@
-"""COCO-Stuff-164k labels -> COCO-Object labels (background + the 80 thing classes).
+"""COCO-Object (``coco_object``): its reader, and the converter that makes its labels from COCO-Stuff-164k.
+
+The reader: coco_stuff164k with GroupViT's ``*_instanceTrainIds.png`` labels, background + the 80 thing
+classes, background threshold 0.9. The converter, COCO-Stuff-164k labels -> COCO-Object labels:
 
 COCO-Object, the third benchmark of OVSegmentor/GroupViT, is not distributed: it is derived from the
 COCO-Stuff pixel maps by GroupViT's ``convert_dataset/convert_coco_object.py``. The mapping (a fact read
@@ -21,10 +24,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ovseg.data.benchmark_classes import COCO_THING_IDS
+from ovseg.data.benchmarks.classes import COCO_OBJECT_CLASSES, COCO_THING_IDS
+from ovseg.data.benchmarks.registry import SegBenchmark, find, folder_benchmark, identity_lut, register
 from ovseg.data.shardio import atomic_write_bytes, encode_label_png, label_array
 
 OUTPUT_SUFFIX = "_instanceTrainIds.png"
+
+
+@register("coco_object", layout="coco_stuff164k/{images,annotations}/<split>/ with *_instanceTrainIds.png labels",
+          bg_thresh=0.9, aliases=("coco",))
+def coco_object(root: Path, split: str | None, bg: float | None) -> SegBenchmark:
+    return folder_benchmark("coco_object", find(root, "coco_stuff164k"), split or "val2017", OUTPUT_SUFFIX,
+                            ["background"] + COCO_OBJECT_CLASSES, identity_lut(81), bg)
 
 
 def _build_lut() -> np.ndarray:

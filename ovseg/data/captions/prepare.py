@@ -14,7 +14,7 @@ Two passes over image shards: the first matches captions (one process per shard)
 and spans; pairs need the whole index, so they are drawn in between; the second copies kept samples into
 the output shards. Dropped samples are counted by reason: missing_image, missing_caption, bad_utf8,
 empty_caption, bad_json, no_entity, duplicate_key (a key seen in an earlier shard), and the shard reasons
-of shards.py. Images are not decoded here (a corrupt image is caught, and counted, by the loader).
+of ``sample.read_shard``. Images are not decoded here (a corrupt image is caught, and counted, by the loader).
 Every file is written under a temporary name and renamed.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import multiprocessing as mp
 import os
 from collections import Counter
@@ -30,12 +29,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ovseg.data.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
-from ovseg.data.pairing import pair_candidates
-from ovseg.data.shardio import atomic_write_bytes
-from ovseg.data.shards import SkipSample, expand_urls, image_bytes, read_caption, read_shard, write_tar_atomic
+from ovseg.data.captions.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
+from ovseg.data.captions.pairing import pair_candidates
+from ovseg.data.captions.sample import SkipSample, image_bytes, read_caption, read_shard
+from ovseg.data.shardio import SkipCounter, atomic_write_bytes, expand_urls, sample_members, write_tar
 
-log = logging.getLogger(__name__)
 TABLE_SUFFIXES = (".tsv", ".parquet")
 KEY_COLUMNS = ("key", "image_id", "url")
 _matcher: EntityMatcher | None = None  # one per worker process, built by _init_worker
@@ -48,9 +46,10 @@ def _init_worker(vocab: EntityVocab) -> None:
 
 def _scan_shard(url: str) -> tuple[list, Counter, int]:
     """Pass 1 on one shard: ``[(key, spans, position in shard)]`` of kept samples, drop counts, samples read."""
-    counts: Counter = Counter()
+    counter = SkipCounter()
+    counts = counter.counts
     kept, read = [], 0
-    for raw in read_shard(url, counts):
+    for raw in read_shard(url, counter):
         read += 1
         try:
             image_bytes(raw)
@@ -62,8 +61,7 @@ def _scan_shard(url: str) -> tuple[list, Counter, int]:
                 except ValueError as exn:
                     raise SkipSample("bad_json", str(exn)) from None
         except SkipSample as exn:
-            counts[exn.reason] += 1
-            log.warning("dropped sample %s of %s: %s", raw["__key__"], url, exn)
+            counter.add(exn.reason, f"sample {raw['__key__']} of {url}", exn.detail)
             continue
         spans = _matcher.match(caption)
         if not spans:
@@ -87,7 +85,7 @@ def _write_shard(task: tuple) -> list[str]:
     def kept():
         # Same bytes as pass 1, so the same samples in the same order (counted there). The position
         # tells a kept sample from a dropped one with the same key.
-        for position, raw in enumerate(read_shard(url, Counter())):
+        for position, raw in enumerate(read_shard(url, SkipCounter())):
             ann = annotations.get(raw["__key__"])
             if ann is None or ann[0] != position:
                 continue
@@ -99,7 +97,8 @@ def _write_shard(task: tuple) -> list[str]:
     for first in stream:  # one output shard per turn; nothing is written for a shard that keeps nothing
         chunk = itertools.chain([first], itertools.islice(stream, shard_size - 1) if shard_size else stream)
         name = f"{output_stem(url)}-{len(outputs):04d}.tar" if shard_size else f"{output_stem(url)}.tar"
-        outputs.append(str(write_tar_atomic(Path(out_dir) / name, chunk)))
+        # perm 0o666 (less the umask): output shards are created as ``open`` creates files, readable by others.
+        outputs.append(str(write_tar(Path(out_dir) / name, sample_members(chunk), perm=0o666)))
     return outputs
 
 

@@ -20,7 +20,8 @@ Format (a plain tar, readable by ``webdataset.WebDataset`` as well as by this mo
 * The label map has exactly the image's height and width.
 
 Reading never silently replaces a bad sample: it is skipped, its reason is counted in a
-:class:`SkipCounter` and logged with the shard and key. Reasons: ``missing_image``, ``corrupt_image``,
+``shardio.SkipCounter`` and logged with the shard and key (tars are read by ``shardio.read_tar`` with its
+``SEGMENTATION`` layout). Reasons: ``missing_image``, ``corrupt_image``,
 ``missing_mask``, ``corrupt_mask``, ``missing_meta``, ``corrupt_meta``, ``size_mismatch``,
 ``label_out_of_range``, ``truncated_tar`` (the shard ends mid-file; samples before it are kept) and
 ``unreadable_shard`` (missing file, or not a tar at all).
@@ -29,20 +30,25 @@ Reading never silently replaces a bad sample: it is skipped, its reason is count
 from __future__ import annotations
 
 import json
-import logging
-import tarfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import braceexpand
 import numpy as np
 import torch
 
-from ovseg.data.shardio import decode_label, decode_rgb, encode_jpeg, encode_label_png, encode_png, write_tar
-
-log = logging.getLogger(__name__)
+from ovseg.data.shardio import (
+    SEGMENTATION,
+    SkipCounter,
+    decode_label,
+    decode_rgb,
+    encode_jpeg,
+    encode_label_png,
+    encode_png,
+    expand_urls,
+    read_tar,
+    write_tar,
+)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 MASK_EXT = "seg.png"
@@ -64,33 +70,6 @@ class SegSample:
     image_bytes: bytes | None = None
     image_ext: str = "jpg"
     ignore_index: int = 255
-
-
-class SkipCounter:
-    """Counts skipped samples by reason and remembers the first few messages for a report."""
-
-    def __init__(self, keep: int = 20):
-        self.counts: Counter[str] = Counter()
-        self.examples: list[str] = []
-        self._keep = keep
-
-    def add(self, reason: str, where: str, detail: str) -> None:
-        assert reason in SKIP_REASONS, reason
-        self.counts[reason] += 1
-        msg = f"skipped {where}: {reason}: {detail}"
-        if len(self.examples) < self._keep:
-            self.examples.append(msg)
-        log.warning(msg)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
-
-    def __repr__(self) -> str:
-        return f"SkipCounter({self.as_dict()})"
 
 
 def _check_key(key: str) -> None:
@@ -162,7 +141,7 @@ def write_seg_shards(samples: Iterable[SegSample], out_dir: str | Path, shard_si
 
 
 def benchmark_to_seg_shards(bench, out_dir: str | Path, shard_size: int = 1000, prefix: str = "shard") -> list[Path]:
-    """Convert a :class:`ovseg.data.benchmarks.SegBenchmark` into segmentation shards.
+    """Convert a :class:`ovseg.data.benchmarks.registry.SegBenchmark` into segmentation shards.
 
     The original image bytes are copied (no JPEG re-encode); the label is the benchmark's remapped
     one (255 = ignore), with the benchmark's class list.
@@ -176,59 +155,6 @@ def benchmark_to_seg_shards(bench, out_dir: str | Path, shard_size: int = 1000, 
             yield SegSample(key=key, label=label, class_names=bench.class_names, image_bytes=path.read_bytes(),
                             image_ext="jpg" if ext == "jpeg" else ext)
     return write_seg_shards(gen(), out_dir, shard_size, prefix)
-
-
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Brace-expand shard patterns (``seg/shard-{000000..000009}.tar``) as webdataset does."""
-    items = [urls] if isinstance(urls, (str, Path)) else list(urls)
-    return [u for item in items for u in braceexpand.braceexpand(str(item))]
-
-
-def _ends_early(url: str, offset: int) -> bool:
-    """True if a plain (uncompressed) tar lacks the two zero blocks that close every whole archive.
-
-    A copy cut exactly between two members reads without any error; only the missing end marker tells.
-    """
-    with open(url, "rb") as f:
-        head = f.read(512)
-        if head[257:262] != b"ustar":
-            return False  # compressed or exotic: no cheap check, rely on read errors
-        f.seek(offset)
-        return f.read(1024) != bytes(1024)
-
-
-def _group_members(url: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {ext: bytes}) for consecutive members of one tar; count truncation/unreadability."""
-    key, files = None, {}
-    try:
-        with tarfile.open(url, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                if "." not in name:
-                    continue
-                k, ext = name.split(".", 1)
-                data = tar.extractfile(member).read()
-                if k != key and key is not None:
-                    yield key, files
-                    files = {}
-                key = k
-                files[ext.lower()] = data
-            offset = tar.offset
-    except FileNotFoundError as e:
-        counter.add("unreadable_shard", url, str(e))
-        return
-    except (tarfile.ReadError, EOFError, OSError) as e:
-        # A shard copied half-way: keep what came before, drop the sample being read.
-        reason = "unreadable_shard" if key is None else "truncated_tar"
-        counter.add(reason, f"{url} (after sample {key})" if key else url, str(e) or type(e).__name__)
-        return
-    if key is not None and _ends_early(url, offset):
-        counter.add("truncated_tar", f"{url} (sample {key})", "no end-of-archive marker: the last sample may be cut")
-        return
-    if key is not None:
-        yield key, files
 
 
 def decode_seg_sample(url: str, key: str, files: dict[str, bytes], counter: SkipCounter):
@@ -282,9 +208,10 @@ def iter_seg_shards(urls: str | Sequence[str], counter: SkipCounter | None = Non
 
     Bad samples are skipped and counted in ``counter`` (create one to read the counts afterwards).
     """
-    counter = counter if counter is not None else SkipCounter()
-    for url in expand_urls(urls):
-        for key, files in _group_members(url, counter):
+    counter = counter if counter is not None else SkipCounter(SKIP_REASONS)
+    for url in expand_urls(urls, check=False):
+        for key, members in read_tar(url, counter, SEGMENTATION):
+            files = {ext: data for _, ext, data in members}  # a repeated extension: the later member wins
             sample = decode_seg_sample(url, key, files, counter)
             if sample is not None:
                 yield sample
@@ -299,12 +226,12 @@ class SegShardDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, urls: str | Sequence[str], transform=None, shuffle_shards: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        self.urls = expand_urls(urls)
+        self.urls = expand_urls(urls, check=False)
         if not self.urls:
             raise ValueError(f"no segmentation shards match {urls!r}")
         self.transform, self.shuffle_shards, self.seed = transform, shuffle_shards, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
-        self.counter = SkipCounter()
+        self.counter = SkipCounter(SKIP_REASONS)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -4,7 +4,7 @@ No real data set can be downloaded on a fresh machine, so the default run trains
 It must be a fair test of learning segmentation from captions alone, so:
 
 * each class (a canonical CC4M entity: cat, dog, car, ...) has its own silhouette and texture, and the
-  colours of every object are random, so only form identifies the class (``synthetic_shapes.py``);
+  colours of every object are random, so only form identifies the class (``shapes.py``);
 * 1-4 objects per image with random scale, rotation and position; later objects occlude earlier ones
   (placements that would hide more than half of an earlier object are redrawn, so every object named
   in a caption stays clearly visible), on a cluttered background of things no class looks like;
@@ -15,7 +15,7 @@ It must be a fair test of learning segmentation from captions alone, so:
   seed whatever the number of workers, and different splits never share an image.
 
 Ground-truth masks exist for every image but only the val split and the segmentation shards store them;
-the caption shards (``synthetic_world.py`` writes all three) hold image, caption and img2dataset metadata only.
+the caption shards (``world.py`` writes all three) hold image, caption and img2dataset metadata only.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ovseg.data.synthetic_shapes import (
+from ovseg.data.synthetic.shapes import (
     BACKGROUNDS,
     CLASS_STYLES,
     SHAPES,

@@ -1,0 +1,189 @@
+"""The benchmark registry: the sample interface every benchmark returns, and ``build_benchmark``.
+
+Every benchmark returns ``(image uint8 HxWx3 RGB, label int64 HxW, sample_id)`` with 255 = ignore and labels
+already remapped to indices into ``class_names``. Listed files are checked when the benchmark is built (a
+missing file names itself); image/label size and label values are checked when a sample is read, and a
+violation raises ValueError naming the file.
+
+A family module (voc.py, context.py, coco_object.py, ade.py) registers each of its benchmarks with
+:func:`register` (name, aliases, folder layout, protocol background threshold); the package's
+``__init__`` imports the family modules, so every benchmark is registered whatever module is imported first.
+The helpers here (label lookup tables, id-list and folder layouts, mmseg path search) are shared by them.
+"""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ovseg.data.shardio import label_array
+
+IGNORE = 255
+LUT_SIZE = 65536  # label PNGs are at most 16-bit
+INVALID = -1
+
+
+def label_lut(valid: dict[int, int]) -> np.ndarray:
+    """A lookup table raw label value -> output label; values not in ``valid`` map to INVALID."""
+    lut = np.full(LUT_SIZE, INVALID, dtype=np.int64)
+    for raw, out in valid.items():
+        lut[raw] = out
+    return lut
+
+
+def identity_lut(num_classes: int) -> np.ndarray:
+    return label_lut({**{i: i for i in range(num_classes)}, IGNORE: IGNORE})
+
+
+def drop_zero_lut(num_classes: int) -> np.ndarray:
+    """0 -> ignore, 1..K -> 0..K-1 (255 stays ignore), as mmseg's reduce_zero_label."""
+    return label_lut({0: IGNORE, **{i + 1: i for i in range(num_classes)}, IGNORE: IGNORE})
+
+
+@dataclass
+class SegBenchmark:
+    """A list of (sample_id, image path, label path) with the protocol's class list and label remap."""
+
+    name: str
+    class_names: list[str]
+    items: list[tuple[str, Path, Path]]
+    lut: np.ndarray
+    bg_thresh: float | None = None
+
+    @property
+    def has_background(self) -> bool:
+        return self.class_names[0] == "background"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image_path(self, i: int) -> Path:
+        return self.items[i][1]
+
+    def label_path(self, i: int) -> Path:
+        return self.items[i][2]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        sample_id, image_path, label_path = self.items[i]
+        with Image.open(image_path) as img:
+            image = np.array(img.convert("RGB"), dtype=np.uint8)
+        with Image.open(label_path) as img:
+            try:
+                raw = label_array(img)
+            except ValueError as e:
+                raise ValueError(f"{self.name}: label {label_path}: {e}") from None
+        if raw.shape != image.shape[:2]:
+            raise ValueError(f"{self.name}: label {label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
+                             f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+        if raw.size and raw.max() >= LUT_SIZE:
+            raise ValueError(f"{self.name}: label {label_path} has values above 16 bits (max {raw.max()})")
+        label = self.lut[raw]
+        if (label == INVALID).any():
+            bad = np.unique(raw[label == INVALID])
+            raise ValueError(f"{self.name}: label {label_path} has values {bad[:10].tolist()} outside the "
+                             f"{len(self.class_names)}-class range of this benchmark")
+        return image, label, sample_id
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: folder {path} does not exist (expected layout: {REGISTRY[what].layout})")
+    return path
+
+
+def split_items(name: str, split_file: Path, img_dir: Path, lbl_dir: Path, lbl_suffix: str = ".png"):
+    """Items from an id list (VOC, Context): every listed id must have its JPEG and its label."""
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{name}: split file {split_file} does not exist")
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{name}: split file {split_file} lists no image ids")
+    items = [(i, img_dir / f"{i}.jpg", lbl_dir / f"{i}{lbl_suffix}") for i in ids]
+    _check_exist(name, items, f"listed in {split_file}")
+    return items
+
+
+def _folder_items(name: str, img_dir: Path, lbl_dir: Path, lbl_suffix: str):
+    """Items from an image folder (COCO, ADE): each image's label is found by suffix, as mmseg does."""
+    images = sorted(p for p in require_dir(img_dir, name).iterdir() if p.suffix.lower() == ".jpg")
+    require_dir(lbl_dir, name)
+    if not images:
+        raise ValueError(f"{name}: no .jpg images in {img_dir}")
+    items = [(p.stem, p, lbl_dir / f"{p.stem}{lbl_suffix}") for p in images]
+    _check_exist(name, items, f"for the images in {img_dir}")
+    return items
+
+
+def _check_exist(name: str, items, context: str) -> None:
+    missing = [p for _, img, lbl in items for p in (img, lbl) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} file(s) {context} are missing, e.g. {missing[0]}")
+
+
+def find(root: Path, *parts: str) -> Path:
+    """Accept the dataset folder itself or a parent on the mmseg path (``data`` / ``VOCdevkit`` / ``VOC2012``)."""
+    for i, part in enumerate(parts):
+        if root.name == part:
+            return root.joinpath(*parts[i + 1:])
+    below = root.joinpath(*parts)
+    return below if below.is_dir() else root
+
+
+def folder_benchmark(name: str, base: Path, split: str, suffix: str, classes: list[str], lut: np.ndarray,
+                     bg: float | None) -> SegBenchmark:
+    """COCO / ADE layout: ``base/images/<split>/*.jpg`` with labels ``base/annotations/<split>/<stem><suffix>``."""
+    items = _folder_items(name, base / "images" / split, base / "annotations" / split, suffix)
+    return SegBenchmark(name, classes, items, lut, bg)
+
+
+# ------------------------------------------------------------------ the registry
+
+Builder = Callable[[Path, "str | None", "float | None"], SegBenchmark]
+
+
+@dataclass(frozen=True)
+class Entry:
+    build: Builder          # (root, split or None for the default, bg_thresh) -> SegBenchmark
+    layout: str             # the expected folder layout, shown when a folder is missing
+    bg_thresh: float | None  # the protocol's background threshold (None: no background class)
+
+
+REGISTRY: dict[str, Entry] = {}   # benchmark name -> entry, in registration order
+ALIASES: dict[str, str] = {}      # other spellings -> benchmark name
+BG_THRESH: dict[str, float] = {}  # protocol background thresholds (OVS configs; GroupViT uses 0.95 for COCO-Object)
+
+
+def register(name: str, *, layout: str, bg_thresh: float | None = None, aliases: tuple[str, ...] = ()):
+    """Decorator: make ``build(root, split, bg_thresh)`` the reader of benchmark ``name``."""
+    def deco(build: Builder) -> Builder:
+        if name in REGISTRY or name in ALIASES:
+            raise ValueError(f"benchmark {name!r} is registered twice")
+        REGISTRY[name] = Entry(build, layout, bg_thresh)
+        if bg_thresh is not None:
+            BG_THRESH[name] = bg_thresh
+        ALIASES.update({alias: name for alias in aliases})
+        return build
+    return deco
+
+
+def build_benchmark(name: str, root: str | Path, split: str | None = None,
+                    bg_thresh: float | None = None) -> SegBenchmark:
+    """Build benchmark ``name`` from ``root`` (the dataset folder or a parent in the mmseg layout).
+
+    ``bg_thresh`` overrides the protocol default for datasets with a background class.
+    """
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(REGISTRY)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{key}: data root {root} does not exist")
+    bench = REGISTRY[key].build(root, split, bg_thresh if bg_thresh is not None else BG_THRESH.get(key))
+    if not bench.has_background:
+        bench.bg_thresh = None
+    return bench
