@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg.data import shardio
+from ovseg.data import codecs
 from ovseg.data.benchmarks.coco_object import coco_stuff_to_object, convert_coco_object
 from ovseg.data.benchmarks.registry import build_benchmark
 from ovseg.data.segmentation.shards import benchmark_to_seg_shards, iter_seg_shards
@@ -25,7 +25,7 @@ def _label(path, values, palette=False, size=(H, W)):
     img = Image.fromarray(arr)
     if palette:
         img = img.convert("P")
-        img.putpalette(shardio.palette(ignore=None).ravel().tolist())
+        img.putpalette(codecs.palette(ignore=None).ravel().tolist())
     img.save(path)
     return arr
 

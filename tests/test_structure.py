@@ -9,7 +9,7 @@ import torch
 
 from ovseg import build_model, load_config, save_checkpoint
 from ovseg.checkpoint import model_from_checkpoint, read_checkpoint
-from ovseg.data.shardio import palette
+from ovseg.data.codecs import palette
 from ovseg.eval.evaluate import evaluate
 from ovseg.eval.report import evaluate_and_log
 from ovseg.eval.visualize import comparison_panel

@@ -15,7 +15,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.shardio import palette
+from ..data.codecs import palette
 
 TEXT = (20, 20, 20)  # not a VOC palette colour (those are multiples of 32)
 PANEL = (255, 255, 255)

@@ -91,7 +91,7 @@ class SegmentationKind(SiteKind):
     name, train_dir, world_split, has_val = "segmentation", "seg", "seg", True
 
     def classify(self, members, classes):
-        from ..data.shardio import decode_label
+        from ..data.codecs import decode_label
 
         raw = next((d for n, d in members if n.endswith(".seg.png")), None)
         meta = next((d for n, d in members if n.endswith(".json")), None)

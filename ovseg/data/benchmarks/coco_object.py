@@ -26,7 +26,8 @@ from PIL import Image
 
 from ovseg.data.benchmarks.classes import COCO_OBJECT_CLASSES, COCO_THING_IDS
 from ovseg.data.benchmarks.registry import SegBenchmark, find, folder_benchmark, identity_lut, register
-from ovseg.data.shardio import atomic_write_bytes, encode_label_png, label_array
+from ovseg.data.codecs import encode_label_png, label_array
+from ovseg.data.shardio import atomic_write_bytes
 
 OUTPUT_SUFFIX = "_instanceTrainIds.png"
 

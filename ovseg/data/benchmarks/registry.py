@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ovseg.data.shardio import label_array
+from ovseg.data.codecs import label_array
 
 IGNORE = 255
 LUT_SIZE = 65536  # label PNGs are at most 16-bit

@@ -37,18 +37,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ovseg.data.shardio import (
-    SEGMENTATION,
-    SkipCounter,
-    decode_label,
-    decode_rgb,
-    encode_jpeg,
-    encode_label_png,
-    encode_png,
-    expand_urls,
-    read_tar,
-    write_tar,
-)
+from ovseg.data.codecs import decode_label, decode_rgb, encode_jpeg, encode_label_png, encode_png
+from ovseg.data.shardio import SEGMENTATION, SkipCounter, expand_urls, read_tar, write_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 MASK_EXT = "seg.png"

@@ -36,8 +36,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ovseg.data.codecs import encode_jpeg, encode_label_png
 from ovseg.data.segmentation.shards import SegSample, write_seg_shards
-from ovseg.data.shardio import atomic_write_bytes, encode_jpeg, encode_label_png, write_tar
+from ovseg.data.shardio import atomic_write_bytes, write_tar
 from ovseg.data.synthetic.scene import Scene, SyntheticConfig, render_scene
 from ovseg.data.synthetic.shapes import CLASS_STYLES
 
