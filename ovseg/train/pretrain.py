@@ -1,8 +1,9 @@
 """Pretraining: stage 1 (contrast + entity completion), then stage 2 (+ cross-image mask consistency).
 
 Framework-free: a Ray Train worker (``integrations/ray_train.py``) hands in its rank, device, all-gather,
-tracker and a ``report`` callable that persists checkpoints; the same loop runs in a plain process.
-The schedule follows the released code (reference section 6): AdamW, linear warmup then cosine per step,
+tracker and a ``report`` callable that persists checkpoints; the same code runs in a plain process.
+``Pretrainer`` is configuration plus hooks: each stage builds its data, optimizer and ``Schedule`` and runs the
+one loop (``engine.train_steps``) with ``_StageHooks`` (log, evaluate, checkpoint, stop early). The schedule follows the released code (reference section 6): AdamW, linear warmup then cosine per step,
 learning rates scaled by global batch / ``train.lr_batch``, clipping at 5; stage 2 starts the momentum
 encoder from the stage-1 weights, freezes the text tower (not its projector) and switches to the light
 augmentation with paired images. Checkpoints carry the optimizer, the step, the stage and the data position
