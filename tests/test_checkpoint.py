@@ -21,7 +21,7 @@ class _Exploit:
 
 
 def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
-    model = build_model("tiny", ["loss.mask_weight=0.1"])
+    model = build_model("debug", ["loss.mask_weight=0.1"])
     model.init_momentum()
     path = save_checkpoint(tmp_path / "ckpt.safetensors", model, model.config, step=42,
                            metrics={"zeroshot/synthetic/miou": 0.31}, extra={"optim/step": torch.tensor([42.0])})
@@ -37,7 +37,7 @@ def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    model = build_model("tiny")
+    model = build_model("debug")
     path = save_checkpoint(tmp_path / "c.safetensors", model, model.config, step=1)
     before = path.read_bytes()
 
@@ -64,7 +64,7 @@ def test_a_pickle_is_refused_without_being_unpickled(tmp_path):
 def test_truncated_and_foreign_files_get_clear_errors(tmp_path):
     from safetensors.torch import save_file
 
-    model = build_model("tiny")
+    model = build_model("debug")
     path = save_checkpoint(tmp_path / "c.safetensors", model, model.config)
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="cut.safetensors"):
@@ -80,7 +80,7 @@ def test_checkpoint_of_a_pretrained_text_tower_loads_without_its_directory(tmp_p
     src = resolve_dir("builtin:minilm")
     text_dir = tmp_path / "minilm"
     shutil.copytree(src, text_dir)
-    model = build_model("tiny", [f"model.text.pretrained_dir={text_dir}",
+    model = build_model("debug", [f"model.text.pretrained_dir={text_dir}",
                                  "model.text.tokenizer_dir=builtin:minilm"]).eval()
     path = save_checkpoint(tmp_path / "c.safetensors", model, model.config)
     shutil.rmtree(text_dir)

@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
     from ovseg import build_model, save_checkpoint
 
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = build_model("debug")
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", model, model.config, step=7)
 
 
