@@ -29,12 +29,8 @@ def mlflow_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from ovseg.data.synthetic_world import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=64)
-    return root
+def world(make_world):
+    return make_world(seed=0, num_train=256, num_val=6, num_seg=0, shard_size=64)
 
 
 def _args(world, out, name, *extra):
