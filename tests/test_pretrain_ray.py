@@ -34,6 +34,8 @@ def world(make_world):
 
 
 def _args(world, out, name, *extra):
+    # no --config on purpose: this is the README's main job (platform/pretrain.py on the embedded default),
+    # only shortened; its checks (steps, resume, checkpoints, MLflow) hold for any configuration
     return [f"data.synthetic_dir={world}", "data.synthetic_train=256", "data.loader_workers=0",
             "data.shuffle_buffer=32", "train.batch_size=8", "train.num_workers=2", "train.cpus_per_worker=1",
             "train.stage2_steps=0", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=1000",

@@ -25,6 +25,7 @@ def world(make_world):
 
 
 def _args(world, out, name):
+    # no --config: the sweep command as the README gives it (the default config), only shortened
     return ["--output", str(out), "--name", name, f"data.synthetic_dir={world}", "data.synthetic_train=256",
             "train.batch_size=8", "train.stage2_batch_size=4", "train.stage1_steps=5", "train.stage2_steps=2",
             "train.eval_every=2", "train.warmup_steps=1", "eval.max_images=4", "train.experiment=sweep-tests"]
