@@ -78,7 +78,7 @@ def _run(*args, cwd, **extra_env):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp_path):
+def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp_path, debug_cfg):
     from mlflow.tracking import MlflowClient
 
     run_dir, logged, table = trained_run
@@ -95,7 +95,7 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
             assert abs(got["metrics"][key] - value) < 0.005, key
     out = res.stdout
     assert f"zero-shot synthetic mIoU {got['metrics']['zeroshot/synthetic/miou']:.4f} (6 images)" in out
-    ev = load_config("debug").eval  # the run's configuration
+    ev = debug_cfg.eval  # the run's configuration
     assert f"short side {ev.short_side}, window {ev.crop_size} stride {ev.stride}" in out and "'a photo of a {}.'" in out
     assert f"min({ev.bg_thresh}" in out  # the configuration's fixed background threshold
     assert "background" in out and "clock" in out  # the per-class table
@@ -125,11 +125,11 @@ def _main():
     return mod.main
 
 
-def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monkeypatch):
+def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monkeypatch, debug_cfg):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir, _, _ = trained_run
     main = _main()
-    crop = load_config("debug").eval.crop_size
+    crop = debug_cfg.eval.crop_size
     ckpt = run_dir / "checkpoint_000000" / "checkpoint.safetensors"
     assert main([str(ckpt), "--dataset", "synthetic", "--max-images", "2", f"eval.stride={crop}",
                  "--output", str(tmp_path / "o.json")]) == 0

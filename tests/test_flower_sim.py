@@ -107,7 +107,7 @@ def test_a_folder_started_from_another_model_is_not_resumed(simulation):
     build their towers from the starting model): the server says so before any round."""
     import json
 
-    from ovseg.integrations.flower import run_server
+    from ovseg.integrations.flower.server import run_server  # not re-exported by the package since the split by job
 
     rc = {**json.loads((simulation / "rc.json").read_text()), "seed": 7}  # a fresh model with other towers
     with pytest.raises(ValueError, match="started from another checkpoint"):
