@@ -1,9 +1,10 @@
 # The two commands of the README. Both create .venv in this checkout (once; again when pyproject.toml changes).
 #   make run    set up, then run the main job (pretraining) on the embedded default
 #   make test   set up, then run the whole test suite offline
+#   make test-fast   the same without the tests marked slow (services: Ray, MLflow, Flower; training runs)
 PY := .venv/bin/python
 
-.PHONY: run test setup clean
+.PHONY: run test test-fast setup clean
 setup: .venv/.installed
 
 .venv/.installed: pyproject.toml
@@ -17,6 +18,9 @@ run: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf .venv *.egg-info

@@ -1,4 +1,10 @@
-"""Test settings: offline (nothing may be downloaded), small thread pools, deterministic seeds."""
+"""Test settings: offline (nothing may be downloaded), small thread pools, deterministic seeds; the shared
+fixtures (the debug config and model, synthetic worlds).
+
+Tests use the ``debug`` config (ovseg/configs/debug.yaml): a model with every part of the real one at the
+smallest size, never tuned, so re-tuning ``tiny`` (the embedded default recipe) changes no test. Tests that
+are about the default run itself say so where they use it.
+"""
 
 import os
 
@@ -11,6 +17,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+DEBUG = "debug"  # the config name tests build their models from
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -19,8 +27,37 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-    """One tiny model for read-only tests (tests that train build their own)."""
+def debug_cfg():
+    """The debug configuration (frozen: safe to share)."""
+    from ovseg.config import load_config
+
+    return load_config(DEBUG)
+
+
+@pytest.fixture(scope="session")
+def debug_model():
+    """One debug model for read-only tests (tests that train build their own)."""
     from ovseg import build_model
 
-    return build_model("tiny")
+    return build_model(DEBUG)
+
+
+@pytest.fixture(scope="session")
+def make_world(tmp_path_factory):
+    """``make_world(seed=..., num_train=..., num_val=..., num_seg=..., shard_size=...)`` -> the folder of a
+    generated synthetic world (the generator's default 64-pixel scenes); generated once per session for each
+    set of arguments. Read-only for the tests: copy or split it, never write into it."""
+    from ovseg.data.synthetic.world import generate_world
+
+    made = {}
+
+    def make(seed=0, num_train=160, num_val=6, num_seg=0, shard_size=80):
+        key = (seed, num_train, num_val, num_seg, shard_size)
+        if key not in made:
+            root = tmp_path_factory.mktemp("world") / "w"
+            generate_world(root, seed=seed, num_train=num_train, num_val=num_val, num_seg=num_seg,
+                           shard_size=shard_size)
+            made[key] = root
+        return made[key]
+
+    return make

@@ -280,12 +280,14 @@ def test_trimmed_padding_gives_the_same_embeddings_as_full_padding(tmp_path):
     reference is the same batch padded back to max_length with the pad id and a zero mask."""
     from ovseg import build_model, load_config
 
-    model = build_model("tiny").eval()
+    model = build_model("debug").eval()
     hf = model.tokenizer.hf
-    max_length = load_config("tiny").model.text.max_length
+    cfg = load_config("debug")
+    max_length = cfg.model.text.max_length
     write_shard(tmp_path / "a.tar", [good_sample(f"k{i}", c, seed=i) for i, c in enumerate(
         ["a dog and a cat on a field", "a view of the night sky", "a red car", "two houses and a tree near a boat"])])
-    batch = next(iter(loader(tmp_path / "a.tar", hf, batch_size=4, shuffle_buffer=0, image_size=64,
+    batch = next(iter(loader(tmp_path / "a.tar", hf, batch_size=4, shuffle_buffer=0,
+                             image_size=cfg.model.vision.img_size,
                              max_length=max_length, entity_prompts=True)))
     padded = dict(batch)
     for key in ("caption", "question", "answer", "class"):

@@ -21,8 +21,7 @@ class _Exploit:
 
 
 def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
-    config = load_config("tiny", ["loss.mask_weight=0.1"])
-    model = build_model(config)
+    model = build_model("debug", ["loss.mask_weight=0.1"])
     model.init_momentum()
     path = save_checkpoint(tmp_path / "ckpt.safetensors", model, config, step=42,
                            metrics={"zeroshot/synthetic/miou": 0.31}, extra={"optim/step": torch.tensor([42.0])})
@@ -38,8 +37,8 @@ def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    model = build_model("tiny")
-    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"), step=1)
+    model = build_model("debug")
+    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("debug"), step=1)
     before = path.read_bytes()
 
     def broken(tensors, filename, metadata=None):
@@ -49,7 +48,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
 
     monkeypatch.setattr(ovseg.checkpoint, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model, load_config("tiny"), step=2)
+        save_checkpoint(path, model, load_config("debug"), step=2)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
@@ -65,8 +64,8 @@ def test_a_pickle_is_refused_without_being_unpickled(tmp_path):
 def test_truncated_and_foreign_files_get_clear_errors(tmp_path):
     from safetensors.torch import save_file
 
-    model = build_model("tiny")
-    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"))
+    model = build_model("debug")
+    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("debug"))
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="cut.safetensors"):
         read_checkpoint(tmp_path / "cut.safetensors")
@@ -81,9 +80,9 @@ def test_checkpoint_of_a_pretrained_text_tower_loads_without_its_directory(tmp_p
     src = resolve_dir("builtin:minilm")
     text_dir = tmp_path / "minilm"
     shutil.copytree(src, text_dir)
-    model = build_model("tiny", [f"model.text.pretrained_dir={text_dir}",
-                                 "model.text.tokenizer_dir=builtin:minilm"]).eval()
-    path = save_checkpoint(tmp_path / "c.safetensors", model, load_config("tiny"))
+    cfg = load_config("debug", [f"model.text.pretrained_dir={text_dir}", "model.text.tokenizer_dir=builtin:minilm"])
+    model = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, cfg)
     shutil.rmtree(text_dir)
     loaded, _ = load_checkpoint(path)
     loaded.eval()

@@ -5,7 +5,7 @@ from ovseg.config import Config, available_configs, flatten, load_config, parse_
 
 
 def test_named_configs_load():
-    assert {"tiny", "vit-s16-cc4m", "vit-b16-cc4m"} <= set(available_configs())
+    assert {"tiny", "debug", "vit-s16-cc4m", "vit-b16-cc4m"} <= set(available_configs())  # the default and the tests'
     for name in available_configs():
         cfg = load_config(name)
         assert cfg.name == name
@@ -19,9 +19,9 @@ def test_defaults_are_the_paper_model():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config("tiny", ["model.vision.num_output_groups=[4]", "loss.entity_weight=0.5", "seed=3",
+    cfg = load_config("debug", ["model.vision.num_output_groups=[5]", "loss.entity_weight=0.5", "seed=3",
                                "model.text.pretrained_dir=null", "eval.templates=['a {}.', 'the {}.']"])
-    assert cfg.model.vision.num_output_groups == (4,)
+    assert cfg.model.vision.num_output_groups == (5,)
     assert cfg.loss.entity_weight == 0.5 and isinstance(cfg.loss.entity_weight, float)
     assert cfg.seed == 3 and cfg.eval.templates == ("a {}.", "the {}.")
 
@@ -34,7 +34,7 @@ def test_dotted_overrides_are_typed():
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
-        load_config("tiny", [override])
+        load_config("debug", [override])
 
 
 def test_unknown_config_lists_available():
@@ -43,14 +43,14 @@ def test_unknown_config_lists_available():
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load_config("tiny", ["loss.mask_weight=0.1"])
+    cfg = load_config("debug", ["loss.mask_weight=0.3"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(str(tmp_path / "c.yaml")) == cfg
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_flatten_gives_dotted_params():
-    flat = flatten(load_config("tiny"))
+    flat = flatten(load_config("debug"))
     assert flat["model.vision.patch_size"] == 8
     assert parse_overrides(["a.b=1"]) == {"a": {"b": 1}}
     assert "model.vision.depths" in flat and isinstance(yaml.safe_dump(flat), str)

@@ -23,12 +23,8 @@ SCRIPT = REPO / "platform" / "evaluate.py"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from ovseg.data.synthetic.world import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=0, num_train=96, num_val=6, num_seg=0, shard_size=48)
-    return root
+def world(make_world):
+    return make_world(seed=0, num_train=96, num_val=6, num_seg=0, shard_size=48)
 
 
 class _Recorder:
@@ -50,7 +46,7 @@ def trained_run(world, tmp_path_factory):
     """A short two-stage run; checkpoints laid out as Ray Train keeps them: <run>/checkpoint_<k>/checkpoint.safetensors."""
     out = tmp_path_factory.mktemp("runs")
     run_dir = out / "evalrun"
-    cfg = load_config("tiny", [f"data.synthetic_dir={world}", "data.synthetic_train=96", "data.loader_workers=0",
+    cfg = load_config("debug", [f"data.synthetic_dir={world}", "data.synthetic_train=96", "data.loader_workers=0",
                                "data.shuffle_buffer=32", "train.batch_size=16", "train.stage2_batch_size=8",
                                "train.stage1_steps=3", "train.stage2_steps=2", "train.warmup_steps=1",
                                "train.log_every=1", "train.eval_every=100", "train.ckpt_every=100",
@@ -82,7 +78,7 @@ def _run(*args, cwd, **extra_env):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp_path):
+def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp_path, debug_cfg):
     from mlflow.tracking import MlflowClient
 
     run_dir, logged, table = trained_run
@@ -99,8 +95,9 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
             assert abs(got["metrics"][key] - value) < 0.005, key
     out = res.stdout
     assert f"zero-shot synthetic mIoU {got['metrics']['zeroshot/synthetic/miou']:.4f} (6 images)" in out
-    assert "short side 64, window 64 stride 32" in out and "'a photo of a {}.'" in out
-    assert f"min({load_config('tiny').eval.bg_thresh}" in out  # the configuration's fixed background threshold
+    ev = debug_cfg.eval  # the run's configuration
+    assert f"short side {ev.short_side}, window {ev.crop_size} stride {ev.stride}" in out and "'a photo of a {}.'" in out
+    assert f"min({ev.bg_thresh}" in out  # the configuration's fixed background threshold
     assert "background" in out and "clock" in out  # the per-class table
     assert "synthetic: 100%" in res.stderr  # progress bar reached the end
 
@@ -109,7 +106,7 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
     assert len(runs) == 1 and runs[0].data.tags["ovseg.training_run_id"] == "training-run"
     hist = client.get_metric_history(runs[0].info.run_id, "zeroshot/synthetic/miou")
     assert [(m.step, round(m.value, 6)) for m in hist] == [(5, round(got["metrics"]["zeroshot/synthetic/miou"], 6))]
-    assert runs[0].data.params["eval.short_side"] == "64"
+    assert runs[0].data.params["eval.short_side"] == str(ev.short_side)
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "eval/synthetic")} >= {
         "eval/synthetic/iou.csv", "eval/synthetic/overlay_0.png"}
     # stronger than the mean: the pixels predicted per class match the run's own table (mIoU alone barely
@@ -128,15 +125,16 @@ def _main():
     return mod.main
 
 
-def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monkeypatch):
+def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monkeypatch, debug_cfg):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir, _, _ = trained_run
     main = _main()
+    crop = debug_cfg.eval.crop_size
     ckpt = run_dir / "checkpoint_000000" / "checkpoint.safetensors"
-    assert main([str(ckpt), "--dataset", "synthetic", "--max-images", "2", "eval.stride=64",
+    assert main([str(ckpt), "--dataset", "synthetic", "--max-images", "2", f"eval.stride={crop}",
                  "--output", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
-    assert "(2 images)" in out and "window 64 stride 64" in out and "step 3" in out
+    assert "(2 images)" in out and f"window {crop} stride {crop}" in out and "step 3" in out
     assert json.loads((tmp_path / "o.json").read_text())["step"] == 3
 
     assert main([str(tmp_path / "nope.safetensors")]) == 2

@@ -31,7 +31,7 @@ from ovseg.federated import (
 
 @pytest.fixture(scope="module")
 def model_cfg():
-    cfg = load_config("tiny", ["fed.local_batch=8", "fed.local_steps=2", "data.shuffle_buffer=16"])
+    cfg = load_config("debug", ["fed.local_batch=8", "fed.local_steps=2", "data.shuffle_buffer=16"])
     return build_site_model(cfg)
 
 
@@ -50,7 +50,7 @@ def test_exchange_set_is_trainable_params_plus_projector_bn_stats(model_cfg):
 
 
 def test_train_text_sends_the_text_tower_too():
-    cfg = load_config("tiny", ["fed.train_text=true"])
+    cfg = load_config("debug", ["fed.train_text=true"])
     model, cfg = build_site_model(cfg)
     keys = exchange_keys(model, cfg)
     assert any(k.startswith("text.") for k in keys)
@@ -58,7 +58,7 @@ def test_train_text_sends_the_text_tower_too():
 
 
 def test_fresh_models_agree_and_fingerprint_tracks_frozen_towers():
-    cfg = load_config("tiny")
+    cfg = load_config("debug")
     a, _ = build_site_model(cfg)
     b, _ = build_site_model(cfg)
     assert frozen_fingerprint(a, cfg) == frozen_fingerprint(b, cfg)
@@ -108,7 +108,10 @@ def test_flower_records_round_trip_both_transports(model_cfg):
     tensors = get_tensors(model, exchange_keys(model, cfg))
     full = to_record(tensors, "float32")
     half = to_record(tensors, "bfloat16")
-    assert 0.49 < half.count_bytes() / full.count_bytes() < 0.51
+    # half the payload bytes: 2 instead of 4 per element (the per-array headers are alike; on a small model they
+    # are a visible share of the total, so the ratio alone is not 1/2)
+    assert full.count_bytes() - half.count_bytes() == 2 * sum(t.numel() for t in tensors.values())
+    assert half.count_bytes() < 0.6 * full.count_bytes()
     back = record_to_tensors(full)
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
     back16 = record_to_tensors(half)
@@ -202,13 +205,13 @@ def test_crop_moves_image_and_label_together():
         assert np.array_equal(img[interior], colours[lab[interior]])
 
 
-def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(tiny_model):
+def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(debug_model):
     from ovseg.data.segmentation.batches import PROMPT, SegBatchLoader, caption_from_classes
 
     loader = SegBatchLoader.__new__(SegBatchLoader)  # collate needs only the tokenizer cache
     from ovseg.data.captions.sample import SampleBuilder
 
-    loader.builder = SampleBuilder(tiny_model.tokenizer.hf, image_size=8, stage=2, max_length=16)
+    loader.builder = SampleBuilder(debug_model.tokenizer.hf, image_size=8, stage=2, max_length=16)
     loader._prompt_cache = {}
     rng, flags = random.Random(0), {}
     from collections import Counter
@@ -235,12 +238,8 @@ def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from ovseg.data.synthetic.world import generate_world
-
-    root = tmp_path_factory.mktemp("fedworld") / "w"
-    generate_world(root, seed=1, num_train=200, num_val=4, num_seg=100, shard_size=60)
-    return root
+def world(make_world):
+    return make_world(seed=1, num_train=200, num_val=4, num_seg=100, shard_size=60)
 
 
 def _keys(folder):
@@ -296,12 +295,13 @@ def test_site_open_errors_name_the_problem(tmp_path):
         Site.open(tmp_path / "s")
 
 
+@pytest.mark.slow  # 26 local optimiser steps
 def test_local_training_on_a_segmentation_site_lowers_its_mask_loss(world, tmp_path):
     from ovseg.federated.split import split_world
 
     split_world(world, tmp_path / "sites", ["segmentation"], alpha=1.0, seed=0, val_fraction=0.1)
     site = Site.open(tmp_path / "sites" / "site-00")
-    cfg = load_config("tiny", ["fed.local_batch=16", "fed.lr=1e-3", "data.shuffle_buffer=32"])
+    cfg = load_config("debug", ["fed.local_batch=16", "fed.lr=1e-3", "data.shuffle_buffer=32"])
     model, cfg = build_site_model(cfg)
     keys = exchange_keys(model, cfg)
     start = get_tensors(model, keys)
@@ -358,7 +358,7 @@ def test_guarded_fedavg_leaves_out_nan_and_wrong_shape_and_averages_the_rest():
 
     from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
 
-    cfg = load_config("tiny", ["fed.max_update_norm=100"])
+    cfg = load_config("debug", ["fed.max_update_norm=100"])
     ref = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     good1 = {"w": torch.full((2, 3), 1.0), "b": torch.full((3,), 2.0)}
     good2 = {"w": torch.full((2, 3), 4.0), "b": torch.full((3,), -1.0)}
@@ -387,7 +387,7 @@ def test_guarded_fedavg_leaves_out_nan_and_wrong_shape_and_averages_the_rest():
 def test_guarded_bf16_federation_decodes_before_averaging():
     from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
 
-    cfg = load_config("tiny", ["fed.transport=bfloat16"])
+    cfg = load_config("debug", ["fed.transport=bfloat16"])
     ref = {"w": torch.zeros(4)}
     a, b = {"w": torch.tensor([1.0, 2.0, 3.0, 1 / 3])}, {"w": torch.tensor([3.0, 2.0, 1.0, 1 / 3])}
     guard = GuardedStrategy(build_strategy(cfg), cfg, ["w"], _Tracker())
@@ -401,10 +401,10 @@ def test_guarded_bf16_federation_decodes_before_averaging():
 def test_run_config_uses_the_same_dotted_keys():
     from ovseg.integrations.flower import config_from_run
 
-    cfg = config_from_run({"config": "tiny", "fed.rounds": 3, "fed.dp.delta": 1e-5, "eval.max_images": "null",
+    cfg = config_from_run({"config": "debug", "fed.rounds": 3, "fed.dp.delta": 1e-5, "eval.max_images": "null",
                            "eval.datasets": "[synthetic]", "fed.init_checkpoint": "", "fed.train_text": True})
     assert (cfg.fed.rounds, cfg.fed.dp.delta, cfg.eval.max_images, cfg.eval.datasets) == (3, 1e-5, None, ("synthetic",))
-    assert cfg.fed.init_checkpoint == "" and cfg.fed.train_text is True and cfg.name == "tiny"
+    assert cfg.fed.init_checkpoint == "" and cfg.fed.train_text is True and cfg.name == "debug"
     with pytest.raises(ValueError, match="fed.strategy"):
         config_from_run({"fed.strategy": "fedsgd"})
     with pytest.raises(ValueError, match="unknown config key"):
@@ -428,7 +428,7 @@ def test_privacy_check_flags_anything_but_float_arrays_and_numbers():
 def test_dp_strategy_wraps_with_an_accountant():
     from ovseg.integrations.flower import build_strategy
 
-    cfg = load_config("tiny", ["fed.dp.noise_multiplier=1.0", "fed.dp.clipping_norm=0.5"])
+    cfg = load_config("debug", ["fed.dp.noise_multiplier=1.0", "fed.dp.clipping_norm=0.5"])
     s = build_strategy(cfg)
     assert type(s).__name__ == "DifferentialPrivacyServerSideFixedClipping"
     assert s.accountant is not None and math.isclose(s.clipping_norm, 0.5)
@@ -449,7 +449,7 @@ def test_dp_round_clips_adds_noise_and_logs_the_privacy_budget():
     from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # messages need an identity
-    cfg = load_config("tiny", ["fed.dp.noise_multiplier=0.5", "fed.dp.clipping_norm=1.0", "fed.min_sites=2",
+    cfg = load_config("debug", ["fed.dp.noise_multiplier=0.5", "fed.dp.clipping_norm=1.0", "fed.min_sites=2",
                                "fed.fraction_evaluate=0"])
     ref = {"w": torch.zeros(1000)}
     tracker = _Tracker()
@@ -499,7 +499,7 @@ def test_each_strategy_aggregates_only_the_accepted_updates(strategy):
     from ovseg.integrations.flower import GuardedStrategy, build_strategy, record_to_tensors, to_record
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    cfg = load_config("tiny", [f"fed.strategy={strategy}", "fed.min_sites=5", "fed.trim_beta=0.25",
+    cfg = load_config("debug", [f"fed.strategy={strategy}", "fed.min_sites=5", "fed.trim_beta=0.25",
                                "fed.server_lr=0.1", "fed.proximal_mu=0.01"])
     ref = {"w": torch.zeros(4)}
     values = [1.0, 2.0, 4.0, 8.0]
@@ -551,7 +551,7 @@ def test_privacy_guard_keeps_error_texts_and_forbidden_records_at_the_site(tmp_p
 
 
 def test_dp_mode_sends_parameters_only():
-    cfg = load_config("tiny", ["fed.dp.noise_multiplier=1.0"])
+    cfg = load_config("debug", ["fed.dp.noise_multiplier=1.0"])
     model, cfg = build_site_model(cfg)
     assert set(exchange_keys(model, cfg)) == {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -567,7 +567,7 @@ def test_a_non_finite_aggregate_keeps_the_previous_model():
             _, metrics = super().aggregate_train(server_round, replies)
             return ArrayRecord({"w": Array(np.full(4, np.inf, np.float32))}), metrics
 
-    cfg = load_config("tiny")
+    cfg = load_config("debug")
     ref = {"w": torch.zeros(4)}
     guard = GuardedStrategy(Broken(), cfg, ["w"], _Tracker())
     guard.reference = {"w": np.zeros(4)}
@@ -580,7 +580,7 @@ def test_caption_site_trains_the_configured_multilabel_loss(world, tmp_path):
 
     split_world(world, tmp_path / "sites", ["caption"], alpha=1.0, seed=0, val_fraction=0.1)
     site = Site.open(tmp_path / "sites" / "site-00")
-    model, cfg = build_site_model(load_config("tiny", ["fed.local_batch=8", "data.shuffle_buffer=32"]))
+    model, cfg = build_site_model(load_config("debug", ["fed.local_batch=8", "data.shuffle_buffer=32"]))
     assert cfg.loss.multilabel_weight > 0
     out = local_train(model, cfg, site, steps=2, seed=0)
     assert math.isfinite(out["loss_multilabel"]) and out["loss_multilabel"] > 0

@@ -48,7 +48,7 @@ def test_without_gumbel_training_assigns_by_the_plain_argmax_and_still_passes_gr
     assert any(not torch.equal(with_noise(groups, tokens)[1].hard.argmax(1), raw.argmax(1)) for _ in range(20))
     o1.square().sum().backward()
     assert m.q_proj.weight.grad.abs().sum() > 0  # straight-through: the assignment's logits get a gradient
-    vis = GroupViT(load_config("tiny", ["model.vision.gumbel=false"]).model.vision)
+    vis = GroupViT(load_config("debug", ["model.vision.gumbel=false"]).model.vision)
     assert all(not blk.downsample.assign.gumbel for blk in vis.layers if blk.downsample is not None)
 
 
@@ -82,10 +82,12 @@ def test_grouping_block_reduces_tokens_to_output_groups():
 
 
 def test_vision_tower_any_input_size_at_inference():
-    vt = GroupViT(load_config("tiny").model.vision).eval()
-    out = vt(torch.randn(1, 3, 96, 72))  # training grid is 8x8; this is 12x9
-    assert out.grid == (12, 9) and out.tokens.shape == (1, load_config("tiny").model.vision.num_output_groups[-1], 128)
-    assert out.attns[0].soft.shape == (1, load_config("tiny").model.vision.num_output_groups[-1], 108)
+    cfg = load_config("debug").model.vision
+    vt = GroupViT(cfg).eval()
+    p, groups = cfg.patch_size, cfg.num_output_groups[-1]
+    out = vt(torch.randn(1, 3, 12 * p, 9 * p))  # not the training grid: a 12x9 one
+    assert out.grid == (12, 9) and out.tokens.shape == (1, groups, cfg.embed_dim)
+    assert out.attns[0].soft.shape == (1, groups, 108)
 
 
 def test_two_stage_groupvit_composes_assignments():

@@ -11,7 +11,12 @@ from ovseg.config import load_config
 from ovseg.models.text import resolve_dir
 from ovseg.models.vision import GroupViT
 
-G = load_config("tiny").model.vision.num_output_groups[-1]  # the tiny model's final groups
+CFG = load_config("debug")
+V = CFG.model.vision
+G = V.num_output_groups[-1]  # the model's final groups
+S, P, W = V.img_size, V.patch_size, V.embed_dim  # training image side, patch side, vision width
+N = S // P  # token grid side at the training size
+E, L = CFG.model.embed_dim, CFG.model.text.max_length  # joint width, text length
 # DINO/ViT weights map onto the paper's linear patch embedding, and a 4-block ViT onto 2 + 2 blocks
 PATCH_STEM = ["model.vision.stem=patch", "model.vision.depths=[2,2]"]
 
@@ -23,14 +28,14 @@ def test_paper_vision_tower_has_100_05m_parameters():
     assert abs(n - 100.05e6) / 100.05e6 < 0.01, n  # reference section 2.6, computed from the released code
 
 
-def test_encode_contract(tiny_model):
-    m = tiny_model.eval()
-    image_emb, group_emb, assign = m.encode_image(torch.randn(2, 3, 64, 64))
-    assert image_emb.shape == (2, 128) and group_emb.shape == (2, G, 128) and assign.shape == (2, G, 8, 8)
+def test_encode_contract(debug_model):
+    m = debug_model.eval()
+    image_emb, group_emb, assign = m.encode_image(torch.randn(2, 3, S, S))
+    assert image_emb.shape == (2, E) and group_emb.shape == (2, G, E) and assign.shape == (2, G, N, N)
     assert torch.allclose(image_emb.norm(dim=-1), torch.ones(2), atol=1e-5)
-    assert torch.allclose(assign.sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    assert torch.allclose(assign.sum(1), torch.ones(2, N, N), atol=1e-5)
     ids, mask = m.tokenizer(["a photo of a cat.", "a dog"])
-    assert ids.shape == (2, 32) and m.encode_text(ids, mask).shape == (2, 128)
+    assert ids.shape == (2, L) and m.encode_text(ids, mask).shape == (2, E)
 
 
 def _question_batch(tok, pad_fill=None):
@@ -41,14 +46,14 @@ def _question_batch(tok, pad_fill=None):
     return {"question_ids": ids, "question_mask": mask, "answer_ids": a_ids, "answer_mask": a_mask}
 
 
-def test_entity_decoder_ignores_padding_tokens(tiny_model):
-    m, tok = tiny_model.eval(), tiny_model.tokenizer
-    img = torch.randn(2, 3, 64, 64)
+def test_entity_decoder_ignores_padding_tokens(debug_model):
+    m, tok = debug_model.eval(), debug_model.tokenizer
+    img = torch.randn(2, 3, S, S)
     cap_ids, cap_mask = tok(["a cat on a sofa", "birds"])
     base = {"image": img, "caption_ids": cap_ids, "caption_mask": cap_mask}
     with torch.no_grad():
         ref = m({**base, **_question_batch(tok)})["entity_emb"]
-        noisy_pad = torch.randint(1000, 20000, (2, 32))
+        noisy_pad = torch.randint(1000, 20000, (2, L))
         changed = m({**base, **_question_batch(tok, noisy_pad)})["entity_emb"]
         assert torch.allclose(ref, changed, atol=1e-5)
         # control: if the padded positions were attended to, the same change would move the output
@@ -58,7 +63,7 @@ def test_entity_decoder_ignores_padding_tokens(tiny_model):
 
 
 def test_momentum_encoder_is_a_frozen_ema_of_the_online_tower():
-    m = build_model("tiny")
+    m = build_model("debug")
     m.init_momentum()
     assert all(not p.requires_grad for p in m.momentum_vision.parameters())
     before = {k: v.clone() for k, v in m.momentum_vision.state_dict().items()}
@@ -75,14 +80,14 @@ def test_momentum_encoder_is_a_frozen_ema_of_the_online_tower():
 
 
 def test_cross_image_masks_get_no_gradient_into_the_momentum_encoder():
-    m = build_model("tiny").train()
+    m = build_model("debug").train()
     m.init_momentum()
     tok = m.tokenizer
     ids, mask = tok(["a cat", "a dog"])
     e_ids, e_mask = tok(["A photo of cat", "A photo of dog"])
-    out = m({"image": torch.randn(2, 3, 64, 64), "caption_ids": ids, "caption_mask": mask,
-             "cross_image": torch.randn(2, 3, 64, 64), "cross_entity_ids": e_ids, "cross_entity_mask": e_mask})
-    assert out["mask_pred"].shape == out["mask_target"].shape == (2, G, 8, 8)
+    out = m({"image": torch.randn(2, 3, S, S), "caption_ids": ids, "caption_mask": mask,
+             "cross_image": torch.randn(2, 3, S, S), "cross_entity_ids": e_ids, "cross_entity_mask": e_mask})
+    assert out["mask_pred"].shape == out["mask_target"].shape == (2, G, N, N)
     assert out["mask_relevance"].shape == (2, G) and not out["mask_target"].requires_grad
     out["mask_pred"].sum().backward()
     assert m.vision.layers[0].downsample.assign.q_proj.weight.grad is not None
@@ -91,10 +96,10 @@ def test_cross_image_masks_get_no_gradient_into_the_momentum_encoder():
 def test_dino_checkpoint_maps_onto_the_stages(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 
-    dino = VisionTransformer(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=0)
+    dino = VisionTransformer(img_size=S, patch_size=P, embed_dim=W, depth=4, num_heads=V.num_heads[0], num_classes=0)
     state = dino.state_dict()
     torch.save(state, tmp_path / "dino.pth")
-    m = build_model("tiny", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'dino.pth'}"])
+    m = build_model("debug", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'dino.pth'}"])
     vs = m.vision.state_dict()
     assert torch.equal(vs["layers.0.blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
     assert torch.equal(vs["layers.1.blocks.0.mlp.fc2.weight"], state["blocks.2.mlp.fc2.weight"])
@@ -112,20 +117,20 @@ def test_pretrained_pos_embed_is_resized_and_shapes_checked(tmp_path):
     from safetensors.torch import save_file
     from timm.models.vision_transformer import VisionTransformer
 
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=0)
+    vit = VisionTransformer(img_size=S // 2, patch_size=P, embed_dim=W, depth=4, num_heads=V.num_heads[0], num_classes=0)
     save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
-    m = build_model("tiny", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'vit.safetensors'}"])
-    assert m.vision.pos_embed.shape == (1, 64, 128)
-    wide = VisionTransformer(img_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=4, num_classes=0)
+    m = build_model("debug", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'vit.safetensors'}"])
+    assert m.vision.pos_embed.shape == (1, N * N, W)  # resized from (S/2 / P)^2 positions
+    wide = VisionTransformer(img_size=S, patch_size=P, embed_dim=W + 16, depth=4, num_heads=V.num_heads[0], num_classes=0)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
     with pytest.raises(ValueError, match="shape"):
-        build_model("tiny", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'wide.pth'}"])
+        build_model("debug", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'wide.pth'}"])
 
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "args": object()}, tmp_path / "full.pth")
     with pytest.raises(ValueError, match="plain tensors"):
-        build_model("tiny", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'full.pth'}"])
+        build_model("debug", [*PATCH_STEM, f"model.vision.pretrained={tmp_path / 'full.pth'}"])
 
 
 def test_bert_directory_loads_its_weights(tmp_path):
@@ -137,14 +142,14 @@ def test_bert_directory_loads_its_weights(tmp_path):
     vocab_dir = resolve_dir("builtin:minilm")
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(vocab_dir / name, tmp_path / "bert" / name)
-    m = build_model("tiny", [f"model.text.pretrained_dir={tmp_path / 'bert'}"])
+    m = build_model("debug", [f"model.text.pretrained_dir={tmp_path / 'bert'}"])
     assert m.text.width == 64
     assert torch.equal(m.text.model.encoder.layer[1].output.dense.weight, bert.encoder.layer[1].output.dense.weight)
     assert not m.load_reports[0].get("missing_keys")
 
 
 def test_packaged_minilm_is_a_real_pretrained_text_tower():
-    m = build_model("tiny", ["model.text.pretrained_dir=builtin:minilm"]).eval()
+    m = build_model("debug", ["model.text.pretrained_dir=builtin:minilm"]).eval()
     ids, mask = m.tokenizer(["a photo of a dog", "a picture of a puppy", "a spreadsheet of tax figures"])
     with torch.no_grad():
         cls = F.normalize(m.text(ids, mask)[0], dim=-1)
@@ -154,47 +159,47 @@ def test_packaged_minilm_is_a_real_pretrained_text_tower():
 
 def test_missing_text_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        build_model("tiny", [f"model.text.pretrained_dir={tmp_path / 'nothing'}"])
+        build_model("debug", [f"model.text.pretrained_dir={tmp_path / 'nothing'}"])
 
 
-def test_class_prompt_path_gives_group_class_logits(tiny_model):
-    m, tok = tiny_model.eval(), tiny_model.tokenizer
+def test_class_prompt_path_gives_group_class_logits(debug_model):
+    m, tok = debug_model.eval(), debug_model.tokenizer
     ids, mask = tok(["a cat", "a dog"])
     c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a bus."])
     with torch.no_grad():
-        out = m({"image": torch.randn(2, 3, 64, 64), "caption_ids": ids, "caption_mask": mask,
+        out = m({"image": torch.randn(2, 3, S, S), "caption_ids": ids, "caption_mask": mask,
                  "class_ids": c_ids, "class_mask": c_mask})
-    assert out["class_emb"].shape == (3, 128) and out["group_emb"].shape == (2, G, 128)
+    assert out["class_emb"].shape == (3, E) and out["group_emb"].shape == (2, G, E)
     expected = out["logit_scale"] * torch.einsum("bge,ce->bgc", out["group_emb"], out["class_emb"])
     assert torch.allclose(out["group_class_logits"], expected, atol=1e-5)
-    assert out["assign"].shape == (2, G, 8, 8)
+    assert out["assign"].shape == (2, G, N, N)
 
 
-def test_every_training_forward_gives_the_group_embeddings_of_encode_image(tiny_model):
+def test_every_training_forward_gives_the_group_embeddings_of_encode_image(debug_model):
     # a caption-only batch (no class prompts, as with the paper's configs) still yields the group embeddings
     # the diversity term reads, and they are the ones zero-shot segmentation reads through encode_image
-    m, tok = tiny_model.eval(), tiny_model.tokenizer
+    m, tok = debug_model.eval(), debug_model.tokenizer
     ids, mask = tok(["a cat", "a dog"])
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(2, 3, S, S)
     with torch.no_grad():
         out = m({"image": images, "caption_ids": ids, "caption_mask": mask})
         _, group_emb, _ = m.encode_image(images)
-    assert "class_emb" not in out and out["group_emb"].shape == (2, G, 128)
+    assert "class_emb" not in out and out["group_emb"].shape == (2, G, E)
     assert torch.allclose(out["group_emb"], group_emb, atol=1e-6)
 
 
 def test_conv_stem_gives_the_patch_grid_and_drops_partial_patches():
     from ovseg.models.vision import ConvStem
-    cfg = load_config("tiny", ["model.vision.stem=conv"]).model.vision
+    cfg = load_config("debug", ["model.vision.stem=conv"]).model.vision
     tower = GroupViT(cfg).eval()
     assert isinstance(tower.patch_embed, ConvStem)
-    out = tower(torch.randn(2, 3, 64, 64))
-    assert out.grid == (8, 8) and out.tokens.shape == (2, G, 128)
-    # like the patch embedding, pixels beyond the last full patch are dropped: 70 x 77 px -> an 8 x 9 grid
-    x = torch.randn(1, 3, 70, 77)
+    out = tower(torch.randn(2, 3, S, S))
+    assert out.grid == (N, N) and out.tokens.shape == (2, G, W)
+    # like the patch embedding, pixels beyond the last full patch are dropped: (8P+6) x (9P+5) px -> an 8 x 9 grid
+    x = torch.randn(1, 3, 8 * P + 6, 9 * P + 5)
     tokens = tower.patch_embed(x)
-    assert tokens.shape == (1, 72, 128)
-    assert torch.equal(tokens, tower.patch_embed(x[..., :64, :72]))
-    assert tower(torch.randn(1, 3, 96, 64)).grid == (12, 8)
+    assert tokens.shape == (1, 72, W)
+    assert torch.equal(tokens, tower.patch_embed(x[..., :8 * P, :9 * P]))
+    assert tower(torch.randn(1, 3, 12 * P, 8 * P)).grid == (12, 8)
     with pytest.raises(ValueError, match="stem"):
-        GroupViT(load_config("tiny", ["model.vision.stem=cnn"]).model.vision)
+        GroupViT(load_config("debug", ["model.vision.stem=cnn"]).model.vision)

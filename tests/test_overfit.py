@@ -1,13 +1,15 @@
 """The model, losses and engine can learn: overfitting 8 image-caption pairs halves the total loss."""
 
+import pytest
 import torch
 
 from ovseg import build_model
-from ovseg.config import LossConfig
+from ovseg.config import LossConfig, load_config
 from ovseg.train.engine import train_steps
 from ovseg.train.schedule import build_optimizer, param_groups
 from ovseg.train.task import Task
 
+_SIZE = load_config("debug").model.vision.img_size
 CAPTIONS = ["a cat on a sofa", "a dog in the park", "a red car on the road", "two birds over a boat",
             "a clock above a table", "an umbrella and a bag", "a horse near a house", "a cup beside a bottle"]
 QUESTIONS = ["a [MASK] on a [MASK]", "a [MASK] in the park", "a red [MASK] on the road", "two [MASK] over a [MASK]",
@@ -23,12 +25,14 @@ def _batch(tok):
     c, cm = tok(CAPTIONS)
     q, qm = tok(QUESTIONS)
     a, am = tok(ANSWERS)
-    return {"image": torch.randn(8, 3, 64, 64), "caption_ids": c, "caption_mask": cm,
+    size = _SIZE
+    return {"image": torch.randn(8, 3, size, size), "caption_ids": c, "caption_mask": cm,
             "question_ids": q, "question_mask": qm, "answer_ids": a, "answer_mask": am}
 
 
+@pytest.mark.slow  # 100 optimiser steps
 def test_overfit_eight_pairs_halves_the_loss():
-    model = build_model("tiny")
+    model = build_model("debug")
     batch = _batch(model.tokenizer)
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     losses = []
@@ -39,7 +43,7 @@ def test_overfit_eight_pairs_halves_the_loss():
 
 
 def test_no_weight_decay_on_norms_biases_temperature_pos_embed_and_group_tokens():
-    model = build_model("tiny")
+    model = build_model("debug")
     decay, no_decay = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}

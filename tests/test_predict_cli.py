@@ -33,8 +33,8 @@ def checkpoint(tmp_path_factory):
     from ovseg import build_model, load_config, save_checkpoint
 
     torch.manual_seed(0)
-    model = build_model("tiny")
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", model, load_config("tiny"), step=7)
+    model = build_model("debug")
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", model, load_config("debug"), step=7)
 
 
 def _scene(path, height=375, width=500, mode="RGB"):

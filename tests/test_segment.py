@@ -19,32 +19,32 @@ from ovseg.eval.segment import group_class_scores, slide_windows, window_logits
     ["background"] + [f"class {i}" for i in range(25)],
     [f"thing {i}" for i in range(30)],
 ])
-def test_segment_returns_a_full_map_of_the_input_size(tiny_model, names):
+def test_segment_returns_a_full_map_of_the_input_size(debug_model, names):
     rgb = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    labels = segment(tiny_model, rgb, names)
+    labels = segment(debug_model, rgb, names)
     assert labels.shape == (375, 500) and labels.dtype == np.int64
     assert labels.min() >= 0 and labels.max() < len(names)
 
 
-def test_segment_paper_protocol_on_a_pil_image(tiny_model):
+def test_segment_paper_protocol_on_a_pil_image(debug_model):
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8))
-    labels = segment(tiny_model, img, ["background", "cat", "dog"], short_side=448, crop_size=448, stride=224)
+    labels = segment(debug_model, img, ["background", "cat", "dog"], short_side=448, crop_size=448, stride=224)
     assert labels.shape == (375, 500)
 
 
-def test_segment_rejects_bad_input(tiny_model):
+def test_segment_rejects_bad_input(debug_model):
     with pytest.raises(ValueError, match="uint8"):
-        segment(tiny_model, np.zeros((10, 10, 3), dtype=np.float32), ["cat"])
+        segment(debug_model, np.zeros((10, 10, 3), dtype=np.float32), ["cat"])
     with pytest.raises(ValueError, match="besides 'background'"):
-        segment(tiny_model, np.zeros((10, 10, 3), dtype=np.uint8), ["background"])
+        segment(debug_model, np.zeros((10, 10, 3), dtype=np.uint8), ["background"])
 
 
-def test_text_bank_is_reused_by_its_caller_and_never_outlives_the_weights(tiny_model):
+def test_text_bank_is_reused_by_its_caller_and_never_outlives_the_weights(debug_model):
     import copy
 
     from ovseg.eval.textbank import TextBank, text_bank
 
-    m = copy.deepcopy(tiny_model).eval()  # its weights are changed below
+    m = copy.deepcopy(debug_model).eval()  # its weights are changed below
     calls = []
     original = m.encode_text
     m.encode_text = lambda *a: calls.append(1) or original(*a)
@@ -66,7 +66,7 @@ def test_text_bank_is_reused_by_its_caller_and_never_outlives_the_weights(tiny_m
         assert len(calls) == 3
         fresh = text_bank(m, ["bus", "cow"], ("a photo of a {}.",))
         assert torch.equal(again, fresh)
-        m.load_state_dict(tiny_model.state_dict())
+        m.load_state_dict(debug_model.state_dict())
         bank(m, ["bus", "cow"], ("a photo of a {}.",))
         assert len(calls) == 5  # load_state_dict copies in place: the bank is recomputed (and text_bank above)
         assert first.shape == rgb.shape[:2]

@@ -43,7 +43,7 @@ def test_a_new_site_kind_is_one_registered_class(tmp_path):
 
 
 def test_a_model_holds_only_what_its_class_declares(tmp_path):
-    cfg = load_config("tiny")
+    cfg = load_config("debug")
     built = build_model(cfg)
     bare = OVSegmentor(cfg.model, build_tokenizer(cfg.model.text))
     assert set(vars(built)) == set(vars(bare))
@@ -82,13 +82,13 @@ class _Tracker:
         self.images[name] = img
 
 
-def test_evaluate_and_log_logs_what_evaluate_scores(tiny_model, capsys):
+def test_evaluate_and_log_logs_what_evaluate_scores(debug_model, capsys):
     import dataclasses
 
-    protocol = dataclasses.replace(load_config("tiny").eval, num_overlays=2)
-    expect = evaluate(tiny_model, _Bench(), protocol=protocol, bg_thresh=protocol.bg_thresh)
+    protocol = dataclasses.replace(load_config("debug").eval, num_overlays=2)
+    expect = evaluate(debug_model, _Bench(), protocol=protocol, bg_thresh=protocol.bg_thresh)
     tracker = _Tracker()
-    metrics, results = evaluate_and_log(tiny_model, [_Bench()], tracker, 40, protocol, label="round0040",
+    metrics, results = evaluate_and_log(debug_model, [_Bench()], tracker, 40, protocol, label="round0040",
                                         where="round 40")
     assert metrics == expect.metrics() and tracker.metrics == [(40, metrics)]
     assert np.array_equal(results[0].confusion.matrix, expect.confusion.matrix)
@@ -97,7 +97,7 @@ def test_evaluate_and_log_logs_what_evaluate_scores(tiny_model, capsys):
     assert set(tracker.images) == {"eval/toy/round0040_0.png", "eval/toy/round0040_1.png"}
     assert f"round 40: zero-shot toy mIoU {expect.miou:.4f} (3 images)" in capsys.readouterr().out
     plain = _Tracker()
-    evaluate_and_log(tiny_model, [_Bench(1)], plain, 0, protocol)
+    evaluate_and_log(debug_model, [_Bench(1)], plain, 0, protocol)
     assert set(plain.texts) == {"eval/toy/iou.csv"} and set(plain.images) == {"eval/toy/overlay_0.png"}
 
 
@@ -120,12 +120,12 @@ def test_comparison_panel_is_enlarged_and_names_the_colours_present():
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_text_bank_key_tracks_every_weight(tiny_model, k):
+def test_text_bank_key_tracks_every_weight(debug_model, k):
     import copy
 
     from ovseg.eval.textbank import weights_version
 
-    m = copy.deepcopy(tiny_model)
+    m = copy.deepcopy(debug_model)
     before = weights_version(m)
     with torch.no_grad():
         list(m.parameters())[-k].mul_(1.0)  # in place, even with the same values

@@ -19,15 +19,12 @@ SWEEP = str(REPO / "tuning" / "sweep.py")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from ovseg.data.synthetic.world import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=0, num_train=256, num_val=6, num_seg=0, shard_size=128)
-    return root
+def world(make_world):
+    return make_world(seed=0, num_train=256, num_val=6, num_seg=0, shard_size=128)
 
 
 def _args(world, out, name):
+    # no --config: the sweep command as the README gives it (the default config), only shortened
     return ["--output", str(out), "--name", name, f"data.synthetic_dir={world}", "data.synthetic_train=256",
             "train.batch_size=8", "train.stage2_batch_size=4", "train.stage1_steps=5", "train.stage2_steps=2",
             "train.eval_every=2", "train.warmup_steps=1", "eval.max_images=4", "train.experiment=sweep-tests"]
@@ -36,7 +33,7 @@ def _args(world, out, name):
 def test_space_file_validation_and_trial_configs(tmp_path):
     space = load_space("default")
     assert {"loss.entity_weight", "loss.mask_weight", "model.vision.num_output_groups", "train.lr"} <= set(space["search"])
-    base = load_config("tiny")
+    base = load_config("debug")
     cfg = trial_config(__import__("ovseg.config", fromlist=["to_dict"]).to_dict(base),
                        {"model.vision.num_output_groups": [4], "loss.entity_weight": 0.5})
     assert cfg.model.vision.num_output_groups == (4,) and cfg.loss.entity_weight == 0.5

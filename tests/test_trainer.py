@@ -21,16 +21,12 @@ def test_lr_schedule_hand_worked():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from ovseg.data.synthetic.world import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=0, num_train=160, num_val=6, num_seg=0, shard_size=80)
-    return root
+def world(make_world):
+    return make_world(seed=0, num_train=160, num_val=6, num_seg=0, shard_size=80)
 
 
 def _cfg(world, tmp_path, *extra):
-    return load_config("tiny", [f"data.synthetic_dir={world}", "data.synthetic_train=160", "data.loader_workers=0",
+    return load_config("debug", [f"data.synthetic_dir={world}", "data.synthetic_train=160", "data.loader_workers=0",
                                 "data.shuffle_buffer=50", "train.batch_size=16", "train.stage2_batch_size=8",
                                 "train.stage1_steps=4", "train.stage2_steps=2", "train.warmup_steps=2",
                                 "train.log_every=1", "train.eval_every=100", "train.ckpt_every=2",
@@ -93,6 +89,7 @@ def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_pa
     saved = read_checkpoint(reports.items[-1][1])
     assert saved.state["batch_in_epoch"] == 3 and saved.state["epoch"] == 0
 
+    t = cfg.train  # the schedule below is worked out from the config's rates, for a global batch of 16
     resumed_cfg = _cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=6", "train.ckpt_every=100")
     second = Pretrainer(resumed_cfg, WorkerEnv(report=reports, scratch=tmp_path / "s2"), _Recorder())
     second.restore(saved)
@@ -103,7 +100,8 @@ def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_pa
     assert second.step == 6
     assert [s for s, m in tracker.metrics if "train/loss" in m] == [4, 5, 6]
     lr4 = [m["train/lr"] for s, m in tracker.metrics if s == 4][0]
-    expected = lr_at(3, 6, peak=2e-3 * 16 / 128, floor=1e-4 * 16 / 128, warmup=2, warmup_start=1e-5 * 16 / 128)
+    expected = lr_at(3, 6, peak=t.lr * 16 / t.lr_batch, floor=t.min_lr * 16 / t.lr_batch, warmup=2,
+                     warmup_start=t.warmup_lr * 16 / t.lr_batch)
     assert lr4 == pytest.approx(expected)  # the schedule continues too
     final = read_checkpoint(reports.items[-1][1])
     adam_steps = {float(v) for k, v in final.extra.items() if k.endswith("/step")}
@@ -144,9 +142,12 @@ def test_world_options_reach_the_generated_world(tmp_path):
 
     over = ["data.synthetic_min_scale=0.4", "data.synthetic_max_scale=0.7", "data.synthetic_max_objects=2"]
     classic = ["data.synthetic_min_scale=0.3", "data.synthetic_max_scale=0.6", "data.synthetic_max_objects=4"]
-    assert synthetic_root(load_config("tiny", classic)).name == "seed0-64px-20000-500-2000"  # the first world's name
-    assert synthetic_root(load_config("tiny", over)).name == "seed0-64px-20000-500-2000-scale0.4-0.7-obj2"
-    cfg = load_config("tiny", [*over, f"data.synthetic_dir={tmp_path / 'w'}", "data.synthetic_train=4",
+    base = load_config("debug", classic)
+    d = base.data
+    plain = f"seed0-{base.model.vision.img_size}px-{d.synthetic_train}-{d.synthetic_val}-{d.synthetic_seg}"
+    assert synthetic_root(base).name == plain  # the classic options keep the first worlds' names
+    assert synthetic_root(load_config("debug", over)).name == plain + "-scale0.4-0.7-obj2"
+    cfg = load_config("debug", [*over, f"data.synthetic_dir={tmp_path / 'w'}", "data.synthetic_train=4",
                                "data.synthetic_val=3", "data.synthetic_seg=0"])
     manifest = json.loads((ensure_synthetic_world(cfg) / "manifest.json").read_text())
     assert (manifest["config"]["min_scale"], manifest["config"]["max_scale"], manifest["config"]["max_objects"]) \
@@ -158,12 +159,12 @@ def test_seed_decides_the_initial_weights_and_every_rank_starts_alike(tmp_path):
     from ovseg import build_model
 
     torch.manual_seed(12345)  # whatever ran before must not leak into the weights
-    rank0 = Pretrainer(load_config("tiny", ["seed=3"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
-    rank1 = Pretrainer(load_config("tiny", ["seed=3"]), WorkerEnv(rank=1, world_size=2, scratch=tmp_path))
-    other = Pretrainer(load_config("tiny", ["seed=4"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
+    rank0 = Pretrainer(load_config("debug", ["seed=3"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
+    rank1 = Pretrainer(load_config("debug", ["seed=3"]), WorkerEnv(rank=1, world_size=2, scratch=tmp_path))
+    other = Pretrainer(load_config("debug", ["seed=4"]), WorkerEnv(scratch=tmp_path)).model.state_dict()
     for k, v in rank0.items():
         assert torch.equal(v, rank1.model.state_dict()[k]), k
     torch.manual_seed(3)
-    expect = build_model(load_config("tiny", ["seed=3"])).state_dict()
+    expect = build_model(load_config("debug", ["seed=3"])).state_dict()
     assert all(torch.equal(rank0[k], expect[k]) for k in expect)
     assert not all(torch.equal(rank0[k], other[k]) for k in rank0 if rank0[k].dtype.is_floating_point)
