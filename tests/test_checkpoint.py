@@ -21,7 +21,8 @@ class _Exploit:
 
 
 def test_round_trip_restores_weights_config_step_and_metrics(tmp_path):
-    model = build_model("debug", ["loss.mask_weight=0.1"])
+    config = load_config("debug", ["loss.mask_weight=0.1"])
+    model = build_model(config)
     model.init_momentum()
     path = save_checkpoint(tmp_path / "ckpt.safetensors", model, config, step=42,
                            metrics={"zeroshot/synthetic/miou": 0.31}, extra={"optim/step": torch.tensor([42.0])})
