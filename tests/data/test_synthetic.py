@@ -169,7 +169,7 @@ def test_captions_name_only_visible_classes():
 
 
 def test_script_runs_and_reports_errors(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parents[1] / "platform" / "make_synthetic.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parents[2] / "platform" / "make_synthetic.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--out", str(tmp_path / "w"), "--num-train", "3", "--num-val", "2", "--classes", "cat,dog,bus"]) == 0

@@ -15,7 +15,7 @@ from ovseg.data.captions.loader import build_caption_loader
 from ovseg.data.captions.pairing import pair_candidates
 from ovseg.data.captions.prepare import prepare_captions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def script():

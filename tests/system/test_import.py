@@ -13,6 +13,6 @@ def test_no_platform_package_shadows_stdlib():
     import pathlib
     import platform
 
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     assert not (root / "platform" / "__init__.py").exists()
     assert hasattr(platform, "python_version")
