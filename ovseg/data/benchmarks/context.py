@@ -11,24 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from ovseg.data.benchmarks.classes import CONTEXT59_CLASSES
-from ovseg.data.benchmarks.registry import (
-    SegBenchmark,
-    drop_zero_lut,
-    find,
-    identity_lut,
-    register,
-    require_dir,
-    split_items,
-)
+from ovseg.data.benchmarks.registry import SegBenchmark, devkit_benchmark, drop_zero_lut, identity_lut, register
 
 LAYOUT = "VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,ImageSets/SegmentationContext/<split>.txt}"
 
 
 def _context(root: Path, split: str, name: str, classes: list[str], lut: np.ndarray, bg: float | None):
-    base = require_dir(find(root, "VOCdevkit", "VOC2010"), name)
-    items = split_items(name, base / "ImageSets" / "SegmentationContext" / f"{split}.txt",
-                        require_dir(base / "JPEGImages", name), require_dir(base / "SegmentationClassContext", name))
-    return SegBenchmark(name, classes, items, lut, bg)
+    return devkit_benchmark(root, name, "VOC2010", "SegmentationContext", "SegmentationClassContext", split, classes,
+                            lut, bg)
 
 
 @register("context60", layout=LAYOUT, bg_thresh=0.35, aliases=("context", "pascal_context"))

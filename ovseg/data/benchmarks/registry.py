@@ -125,6 +125,16 @@ def _check_exist(name: str, items, context: str) -> None:
         raise FileNotFoundError(f"{name}: {len(missing)} file(s) {context} are missing, e.g. {missing[0]}")
 
 
+def devkit_benchmark(root: Path, name: str, year: str, sets: str, labels: str, split: str, classes: list[str],
+                     lut: np.ndarray, bg: float | None) -> SegBenchmark:
+    """A benchmark in the VOCdevkit layout: ``VOCdevkit/<year>/{JPEGImages, <labels>, ImageSets/<sets>/<split>.txt}``
+    (VOC, the Context conversion, the synthetic world's val split)."""
+    base = require_dir(find(root, "VOCdevkit", year), name)
+    items = split_items(name, base / "ImageSets" / sets / f"{split}.txt", require_dir(base / "JPEGImages", name),
+                        require_dir(base / labels, name))
+    return SegBenchmark(name, classes, items, lut, bg)
+
+
 def find(root: Path, *parts: str) -> Path:
     """Accept the dataset folder itself or a parent on the mmseg path (``data`` / ``VOCdevkit`` / ``VOC2012``)."""
     for i, part in enumerate(parts):

@@ -13,26 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from ovseg.data.benchmarks.classes import VOC20_CLASSES
-from ovseg.data.benchmarks.registry import (
-    SegBenchmark,
-    drop_zero_lut,
-    find,
-    identity_lut,
-    register,
-    require_dir,
-    split_items,
-)
+from ovseg.data.benchmarks.registry import SegBenchmark, devkit_benchmark, drop_zero_lut, identity_lut, register
 
 VOC_LAYOUT = "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/<split>.txt}"
 
 
 def voc_layout(root: Path, split: str, name: str, classes: list[str], lut: np.ndarray,
                bg: float | None) -> SegBenchmark:
-    base = require_dir(find(root, "VOCdevkit", "VOC2012"), name)
-    items = split_items(name, base / "ImageSets" / "Segmentation" / f"{split}.txt",
-                        require_dir(base / "JPEGImages", name),
-                        require_dir(base / "SegmentationClass", name))
-    return SegBenchmark(name, classes, items, lut, bg)
+    return devkit_benchmark(root, name, "VOC2012", "Segmentation", "SegmentationClass", split, classes, lut, bg)
 
 
 @register("voc", layout=VOC_LAYOUT, bg_thresh=0.95, aliases=("voc21", "voc12"))
