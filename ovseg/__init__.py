@@ -1,7 +1,7 @@
 """ovseg: train open-vocabulary semantic segmentation models from captions (OVSegmentor, CVPR 2023).
 
 Public API:
-    build_model(name_or_config)        -> OVSegmentor (tokenizer attached)
+    build_model(name_or_config)        -> OVSegmentor (with its own tokenizer)
     load_checkpoint(path)              -> (model, config)
     segment(model, image, class_names) -> H x W label map
 The core never imports Ray, Flower or MLflow; those live in ``ovseg.integrations`` and ``ovseg.tracking``.
