@@ -173,8 +173,10 @@ def test_restarted_federation_resumes_from_its_last_round(federation):
 
 def test_killed_supernode_does_not_stop_the_federation(federation):
     root, home = federation["root"], federation["home"]
+    # one round after the kill is enough to show the federation goes on (each further round could wait out the
+    # round timeout for the dead site: CI minutes)
     cfg = _run_config(federation["world"], root / "runs", **{"fed.run_name": "survivor", "fed.min_sites": 1,
-                                                            "fed.round_timeout": 60.0})
+                                                            "fed.round_timeout": 60.0, "fed.rounds": 1})
     log_path = root / "survivor.out"
     proc = subprocess.Popen([str(BIN / "flwr"), "run", "clients", "local-tls", "--stream", "--run-config", cfg],
                             env=flower_env(home), cwd=REPO, start_new_session=True,
@@ -191,4 +193,4 @@ def test_killed_supernode_does_not_stop_the_federation(federation):
     out = log_path.read_text()
     assert proc.returncode == 0, out[-3000:]
     _, _, hist = _history(federation["uri"], "survivor")
-    assert [s for s, _ in hist] == [0, 1, 2]
+    assert [s for s, _ in hist] == [0, 1]
