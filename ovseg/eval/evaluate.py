@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 
 from ..config import EvalConfig
+from ..data.codecs import IGNORE
 from .metrics import ConfusionMatrix
 from .segment import segment
 from .textbank import TextBank
 from .visualize import comparison_panel
-
-IGNORE = 255
 
 
 @dataclass

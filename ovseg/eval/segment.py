@@ -16,10 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import EvalConfig
+from ..data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .textbank import TextBank
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def group_class_scores(group_emb: torch.Tensor, image_emb: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor,

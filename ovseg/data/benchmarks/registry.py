@@ -21,9 +21,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ovseg.data.codecs import label_array
+from ovseg.data.codecs import IGNORE, label_array
 
-IGNORE = 255
 LUT_SIZE = 65536  # label PNGs are at most 16-bit
 INVALID = -1
 

@@ -30,10 +30,10 @@ from PIL import Image
 from ovseg.data.captions.loader import shuffle_buffer
 from ovseg.data.captions.sample import SampleBuilder, trim_padding
 from ovseg.data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ovseg.data.codecs import IGNORE
 from ovseg.data.segmentation.shards import SKIP_REASONS, iter_seg_shards
 from ovseg.data.shardio import SkipCounter, expand_urls
 
-IGNORE = 255
 PROMPT = "a photo of a {}."
 BACKGROUND_NAMES = ("background",)
 
