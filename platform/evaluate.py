@@ -8,7 +8,12 @@
 The protocol (short side, window, stride, prompt templates, top-k filter, background threshold) is the one
 stored in the checkpoint's config (``eval.*``), so the numbers equal what the pretraining run logged; dotted
 ``eval.*`` overrides change it (``eval.short_side=448``). A bare ``synthetic`` is the synthetic world the run
-trained on. Datasets: voc, voc20, context60, context59, coco_object, ade20k, synthetic (``name=PATH``).
+trained on. Datasets: voc, voc20, context60, context59, coco_object, ade20k, synthetic, synthetic-unseen
+(``name=PATH``).
+
+Open vocabulary: ``--class-names voc=voc-synonyms.yaml`` also scores VOC with every class prompted by the
+file's name (``{aeroplane: airliner, ...}``), logged as ``voc-voc-synonyms``; ``synthetic-unseen`` is the
+synthetic val split under names no caption of the world uses.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ def _benchmarks(specs, cfg):
     for spec in specs:
         name, sep, root = (s.strip() for s in spec.partition("="))
         if not sep:
-            if name != "synthetic":
-                raise ValueError(f"--dataset {spec}: give the data folder as {name}=/path (only synthetic has a default)")
+            if name not in ("synthetic", "synthetic-unseen"):
+                raise ValueError(f"--dataset {spec}: give the data folder as {name}=/path (only the synthetic "
+                                 "world's splits have a default)")
             world = synthetic_root(cfg)
             if not (world / "val").is_dir():
                 if cfg.data.synthetic_dir:
@@ -57,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
     p.add_argument("--dataset", action="append", default=None, metavar="NAME[=PATH]",
                    help="repeatable; default: the checkpoint config's eval.datasets")
+    p.add_argument("--class-names", action="append", default=None, metavar="NAME=FILE",
+                   help="repeatable; also score dataset NAME under the class names in FILE (a YAML/JSON mapping "
+                        "canonical -> new name, or one name per line in class order); default: eval.class_names")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--max-images", type=int, default=None, help="first N images per dataset (default: eval.max_images)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI; unset: no logging)")
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from ovseg.checkpoint import find_checkpoint, model_from_checkpoint, read_checkpoint
     from ovseg.config import Config, flatten, from_dict, merge_dicts, parse_overrides, to_dict
     from ovseg.data.shardio import atomic_write_bytes
-    from ovseg.eval.evaluate import describe_protocol
+    from ovseg.eval.evaluate import describe_protocol, with_class_names
     from ovseg.eval.report import evaluate_and_log
     from ovseg.tracking import MlflowTracker, NullTracker
 
@@ -84,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = read_checkpoint(path)
         model = model_from_checkpoint(ckpt).to(device)
         cfg = from_dict(Config, merge_dicts(to_dict(ckpt.config), parse_overrides(args.overrides)))
-        benches = _benchmarks(args.dataset or cfg.eval.datasets, cfg)
+        benches = with_class_names(_benchmarks(args.dataset or cfg.eval.datasets, cfg),
+                                   args.class_names if args.class_names is not None else cfg.eval.class_names)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -95,8 +95,12 @@ def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
             f"filter, {bg}; {len(bench.class_names)} classes")
 
 
-def parse_eval_sets(specs, default_root: str | Path | None = None):
-    """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``."""
+def parse_eval_sets(specs, default_root: str | Path | None = None, class_names=()):
+    """``["synthetic", "voc=/data/VOCdevkit"]`` -> benchmarks; a bare name uses ``default_root``.
+
+    ``class_names``: ``["voc=names.yaml"]`` adds, after each named benchmark, the same benchmark scored under
+    the file's class names (``<name>-<file stem>``).
+    """
     from ..data.benchmarks.registry import build_benchmark
 
     out = []
@@ -106,4 +110,26 @@ def parse_eval_sets(specs, default_root: str | Path | None = None):
         if root is None:
             raise ValueError(f"evaluation set '{spec}' needs a path: write {name}=/path/to/data")
         out.append(build_benchmark(name.strip(), root))
+    return with_class_names(out, class_names)
+
+
+def with_class_names(benches: list, class_names) -> list:
+    """``benches`` with, after each one named in a ``"name=FILE"`` spec, its copy under the file's names."""
+    from ..data.benchmarks.registry import load_class_names, rename_classes
+
+    by_name: dict[str, list[str]] = {}
+    for spec in class_names:
+        name, sep, path = (s.strip() for s in spec.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"class names '{spec}': write DATASET=FILE (for example voc=voc-synonyms.yaml)")
+        by_name.setdefault(name, []).append(path)
+    unknown = sorted(set(by_name) - {b.name for b in benches})
+    if unknown:
+        raise ValueError(f"class names given for {unknown}, which are not evaluated ({[b.name for b in benches]})")
+    out = []
+    for bench in benches:
+        out.append(bench)
+        for path in by_name.get(bench.name, []):
+            mapping = load_class_names(path, bench)
+            out.append(rename_classes(bench, mapping, f"{bench.name}-{Path(path).stem}", source=f"class names {path}"))
     return out

@@ -137,6 +137,16 @@ def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monke
     assert "(2 images)" in out and f"window {crop} stride {crop}" in out and "step 3" in out
     assert json.loads((tmp_path / "o.json").read_text())["step"] == 3
 
+    names = tmp_path / "syn.yaml"
+    names.write_text("cat: kitten\n")
+    assert main([str(ckpt), "--dataset", "synthetic", "--dataset", "synthetic-unseen", "--class-names",
+                 f"synthetic={names}", "--max-images", "2", "--output", str(tmp_path / "o2.json")]) == 0
+    metrics = json.loads((tmp_path / "o2.json").read_text())["metrics"]
+    assert {"zeroshot/synthetic/miou", "zeroshot/synthetic-syn/miou", "zeroshot/synthetic-unseen/miou"} <= set(metrics)
+    capsys.readouterr()
+    assert main([str(ckpt), "--dataset", "synthetic", "--class-names", f"synthetic={tmp_path / 'none.yaml'}"]) == 2
+    assert "none.yaml: unreadable" in capsys.readouterr().err
+
     assert main([str(tmp_path / "nope.safetensors")]) == 2
     assert "nope.safetensors does not exist" in capsys.readouterr().err
     assert main([str(ckpt), "--dataset", "voc"]) == 2

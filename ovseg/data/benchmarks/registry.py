@@ -14,6 +14,7 @@ The helpers here (label lookup tables, id-list and folder layouts, mmseg path se
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,6 +117,52 @@ def _folder_items(name: str, img_dir: Path, lbl_dir: Path, lbl_suffix: str):
     items = [(p.stem, p, lbl_dir / f"{p.stem}{lbl_suffix}") for p in images]
     _check_exist(name, items, f"for the images in {img_dir}")
     return items
+
+
+def rename_classes(bench: SegBenchmark, mapping: dict[str, str], name: str | None = None,
+                   source: str = "the mapping") -> SegBenchmark:
+    """The same images and labels scored under other class names (open-vocabulary evaluation).
+
+    ``mapping``: canonical name -> the name to prompt with; classes it leaves out keep theirs, "background"
+    (assigned by threshold, never prompted) cannot be renamed, and a key that names no class is an error.
+    """
+    unknown = sorted(set(mapping) - set(bench.class_names))
+    if unknown:
+        raise ValueError(f"{source}: {bench.name} has no class(es) {unknown}; its classes are {bench.class_names}")
+    if bench.has_background and mapping.get("background", "background") != "background":
+        raise ValueError(f"{source}: 'background' is assigned by threshold, not by name: it cannot be renamed")
+    bad = [k for k, v in mapping.items() if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ValueError(f"{source}: the new name of {bad} must be a non-empty string")
+    names = [mapping.get(c, c).strip() for c in bench.class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: two classes of {bench.name} would share a name: {names}")
+    return dataclasses.replace(bench, name=name or bench.name, class_names=names)
+
+
+def load_class_names(path: str | Path, bench: SegBenchmark) -> dict[str, str]:
+    """A class-name file for ``bench``: a YAML/JSON mapping {canonical: new name}, or a text file with one name
+    per line in the benchmark's class order (background line included when it has one)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exn:
+        raise ValueError(f"class names {path}: unreadable ({exn})") from None
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        import yaml
+
+        try:
+            mapping = yaml.safe_load(text)
+        except yaml.YAMLError as exn:
+            raise ValueError(f"class names {path}: not valid YAML/JSON ({exn})") from None
+        if not isinstance(mapping, dict):
+            raise ValueError(f"class names {path}: expected a mapping canonical name -> new name")
+        return {str(k): v for k, v in mapping.items()}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != len(bench.class_names):
+        raise ValueError(f"class names {path}: {len(lines)} names for the {len(bench.class_names)} classes of "
+                         f"{bench.name} ({bench.class_names})")
+    return dict(zip(bench.class_names, lines))
 
 
 def _check_exist(name: str, items, context: str) -> None:

@@ -4,16 +4,26 @@
 * ``voc20``      same files, background -> ignore and 1..20 -> 0..19 (the TCL "VOC20" variant).
 * ``synthetic``  the synthetic world's val split: VOC layout + ``class_names.txt`` (background first), so
                  the embedded default exercises the same reader code as VOC.
+* ``synthetic-unseen``  the same images and labels, each class named by a word no caption of the world uses
+                 (the manifest's ``unseen_names``; worlds written before it carried them: the scene table).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from ovseg.data.benchmarks.classes import VOC20_CLASSES
-from ovseg.data.benchmarks.registry import SegBenchmark, devkit_benchmark, drop_zero_lut, identity_lut, register
+from ovseg.data.benchmarks.registry import (
+    SegBenchmark,
+    devkit_benchmark,
+    drop_zero_lut,
+    identity_lut,
+    register,
+    rename_classes,
+)
 
 VOC_LAYOUT = "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/<split>.txt}"
 
@@ -45,3 +55,23 @@ def synthetic(root: Path, split: str | None, bg: float | None) -> SegBenchmark:
     if len(classes) < 2 or classes[0] != "background":
         raise ValueError(f"synthetic: {names_file} must list 'background' first and at least one class")
     return voc_layout(root, split or "val", "synthetic", classes, identity_lut(len(classes)), bg)
+
+
+@register("synthetic-unseen", bg_thresh=0.95,
+          layout="a synthetic world's val folder (its manifest.json one level up names the unseen words)")
+def synthetic_unseen(root: Path, split: str | None, bg: float | None) -> SegBenchmark:
+    from ovseg.data.synthetic.scene import UNSEEN_NAMES
+
+    bench = synthetic(root, split, bg)
+    val = root / "val" if (root / "val" / "class_names.txt").is_file() else root
+    manifest = val.parent / "manifest.json"
+    names = dict(UNSEEN_NAMES)
+    if manifest.is_file():
+        try:
+            names = json.loads(manifest.read_text()).get("unseen_names") or names
+        except (ValueError, OSError) as exn:
+            raise ValueError(f"synthetic-unseen: {manifest} is unreadable: {exn}") from None
+    missing = [c for c in bench.class_names[1:] if c not in names]
+    if missing:
+        raise ValueError(f"synthetic-unseen: no unseen name for class(es) {missing} (manifest {manifest})")
+    return rename_classes(bench, names, "synthetic-unseen")

@@ -38,6 +38,12 @@ DEFAULT_CLASSES = ("cat", "dog", "car", "bird", "boat", "bicycle", "sofa", "cloc
 # CC4M syn_dict surface forms (reference/ovsegmentor.md §5.1) for the classes the world can draw.
 SYNONYMS = {"bicycle": ("bike",), "sofa": ("couch",), "house": ("building", "hotel"), "tv": ("TV",),
             "bag": ("handbag",), "aeroplane": ("airplane",)}
+# For each class a name no caption of the world ever uses (neither the class name, nor a SYNONYMS form, nor
+# a template word): scoring the val split under these names (benchmark ``synthetic-unseen``) asks whether the
+# model's text tower knows a word its captions never taught it. Written into every world's manifest.
+UNSEEN_NAMES = {"cat": "kitten", "dog": "puppy", "car": "automobile", "bird": "sparrow", "boat": "ship",
+                "bicycle": "cycle", "sofa": "settee", "clock": "timepiece", "umbrella": "parasol",
+                "house": "cottage"}
 SPLIT_CODES = {"train": 0, "val": 1, "seg": 2}
 
 TEMPLATES = (

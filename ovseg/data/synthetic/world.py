@@ -39,7 +39,7 @@ import numpy as np
 from ovseg.data.codecs import encode_jpeg, encode_label_png
 from ovseg.data.segmentation.shards import SegSample, write_seg_shards
 from ovseg.data.shardio import atomic_write_bytes, write_tar
-from ovseg.data.synthetic.scene import Scene, SyntheticConfig, render_scene
+from ovseg.data.synthetic.scene import UNSEEN_NAMES, Scene, SyntheticConfig, render_scene
 from ovseg.data.synthetic.shapes import CLASS_STYLES
 
 FORMAT = "ovseg-synthetic-world/1"
@@ -149,6 +149,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, num_train: int = 10000, n
         manifest = {"format": FORMAT, "seed": seed,
                     "config": {**dataclasses.asdict(cfg), "classes": list(cfg.classes)}, "classes": names,
                     "class_styles": {c: list(CLASS_STYLES[c]) for c in cfg.classes}, "splits": splits,
+                    "unseen_names": {c: UNSEEN_NAMES[c] for c in cfg.classes if c in UNSEEN_NAMES},
                     "example_captions": examples}
         atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
         if out.exists():

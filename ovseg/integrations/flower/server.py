@@ -54,7 +54,7 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     tracker = MlflowTracker(cfg.fed.experiment, run_name=cfg.fed.run_name, run_id=run_id)
     if last is None:
         tracker.log_params(flatten(cfg))
-    eval_sets = parse_eval_sets(cfg.eval.datasets, synthetic_root(cfg) / "val")
+    eval_sets = parse_eval_sets(cfg.eval.datasets, synthetic_root(cfg) / "val", cfg.eval.class_names)
     strategy = GuardedStrategy(build_strategy(cfg), cfg, keys, tracker, step_offset=start)
     remaining = cfg.fed.rounds - start
     print(f"[ovseg-fl] {cfg.fed.strategy}: {len(keys)} tensors travel "
