@@ -46,6 +46,14 @@ class WorkerEnv:
     scratch: Path = field(default_factory=lambda: Path("."))
 
 
+def text_cache_dir(cfg: Config) -> Path:
+    if cfg.data.text_cache_dir:
+        return Path(cfg.data.text_cache_dir).expanduser()
+    if not cfg.data.train:
+        return synthetic_root(cfg) / "text-cache"
+    return Path.home() / ".cache" / "ovseg" / "text-cache"
+
+
 def train_urls(cfg: Config) -> list[str]:
     if cfg.data.train:
         return list(cfg.data.train)
@@ -60,6 +68,8 @@ class Pretrainer:
         self.main = env.rank == 0
         torch.manual_seed(cfg.seed)  # `seed` decides the initial weights too (every rank the same), not only the data order
         self.model = build_model(cfg).to(env.device)
+        if self.model.text.cache is not None:
+            self.model.text.cache.persist_to(text_cache_dir(cfg))
         torch.manual_seed(cfg.seed + 1 + env.rank)  # then one stream per rank for the stochastic layers (Gumbel noise)
         self.stages = [(1, cfg.train.stage1_steps), (2, cfg.train.stage2_steps)]
         self.total_steps = sum(n for _, n in self.stages)
@@ -78,7 +88,9 @@ class Pretrainer:
             self.model.init_momentum()
             self.model.momentum_vision.to(self.env.device)
         self.model.load_state_dict(ckpt.weights)
-        self._resume_optim = (ckpt.extra, st.get("optimizer"))
+        # the optimizer state belongs to the checkpoint's stage: a run stopped at the end of stage 1 starts stage
+        # 2's optimizer afresh (a different parameter set and schedule), as an uninterrupted run does
+        self._resume_optim = (ckpt.extra, st.get("optimizer"), self.stage)
 
     def _save(self, optimizer, metrics: dict) -> None:
         if self.env.report is None:
@@ -90,16 +102,24 @@ class Pretrainer:
                      "optimizer": meta, "history": self.history, "mlflow_run_id": self.tracker.run_id}
             path = self.env.scratch / f"step-{self.step:08d}" / CHECKPOINT_FILE
             save_checkpoint(path, self.model, self.cfg, self.step, metrics, extra=tensors, state=state)
+            self.save_text_cache()
             if self.step == self.total_steps:
                 self.tracker.log_artifact(path, "checkpoint")
         self.env.report({**metrics, "step": self.step}, path)
+
+    def save_text_cache(self) -> None:
+        cache = self.model.text.cache
+        if self.main and cache is not None and cache.save() is not None:
+            print(f"[ovseg] text cache: {len(cache.rows)} texts in {cache.path()} "
+                  f"({cache.hit_rate:.1%} of lookups hit)", flush=True)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         if not self.main:
             return {}
         if self.eval_sets is None:
-            self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, synthetic_root(self.cfg) / "val")
+            self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, synthetic_root(self.cfg) / "val",
+                                             self.cfg.eval.class_names)
         out, _ = evaluate_and_log(self.model, self.eval_sets, self.tracker, self.step, self.cfg.eval,
                                   label=f"step{self.step:08d}", where=f"step {self.step}")
         self.history.append({"step": self.step, **{k: v for k, v in out.items() if k.endswith("/miou")}})
@@ -111,7 +131,7 @@ class Pretrainer:
         if stage == 2 and self.model.momentum_vision is None:
             self.model.init_momentum()  # the EMA encoder starts from the stage-1 weights
             self.model.momentum_vision.to(self.env.device)
-        self.model.set_text_trainable(stage == 1)
+        self.model.set_text_trainable(stage == 1 and not self.cfg.model.text.freeze)
         batch = tc.batch_size if stage == 1 else (tc.stage2_batch_size or tc.batch_size)
         scale = batch * self.env.world_size / tc.lr_batch
         if stage == 1:
@@ -121,7 +141,7 @@ class Pretrainer:
             sched = dict(peak=tc.stage2_lr * scale, floor=tc.stage2_min_lr * scale, warmup=0, warmup_start=0.0)
         optimizer = build_optimizer(self.model, sched["peak"], tc.weight_decay)
         resume = getattr(self, "_resume_optim", None)
-        if resume is not None and resume[1] is not None:
+        if resume is not None and resume[1] is not None and resume[2] == stage:
             optimizer_from_tensors(optimizer, resume[0], resume[1])
         self._resume_optim = None
         return batch, sched, optimizer, self._loader(stage, batch)
@@ -138,7 +158,7 @@ class Pretrainer:
             stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,
             shuffle_buffer=cfg.data.shuffle_buffer, pairs=stage == 2, epoch_length=epoch_len,
             max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size,
-            entity_prompts=cfg.loss.multilabel_weight > 0)
+            entity_prompts=cfg.loss.multilabel_weight > 0 or cfg.loss.entity_group_weight > 0)
 
     def _batches(self, loader):
         """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""
@@ -177,6 +197,7 @@ class Pretrainer:
             if hooks.stopped:
                 return self.final_metrics
             self.counts = loader.counts.as_dict()
+            self.save_text_cache()
             start = end
         return self.final_metrics
 
@@ -217,6 +238,9 @@ class _StageHooks:
         rate = self.seen * self.images_per_step / max(elapsed, 1e-9)
         logged = {f"train/{k}": v for k, v in metrics.items()}
         logged.update({"train/lr": self.schedule.lr, "train/images_per_s": rate, "train/stage": self.stage})
+        cache = t.model.text.cache
+        if cache is not None and cache.hits + cache.misses:
+            logged["text/cache_hit_rate"] = cache.hit_rate
         counts = self.loader.counts.as_dict()
         logged.update({f"data/skipped/{k}": v for k, v in counts["skipped"].items()})
         logged.update({f"data/flagged/{k}": v for k, v in counts["flagged"].items()})

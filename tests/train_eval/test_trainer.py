@@ -168,3 +168,22 @@ def test_seed_decides_the_initial_weights_and_every_rank_starts_alike(tmp_path):
     expect = build_model(load_config("debug", ["seed=3"])).state_dict()
     assert all(torch.equal(rank0[k], expect[k]) for k in expect)
     assert not all(torch.equal(rank0[k], other[k]) for k in rank0 if rank0[k].dtype.is_floating_point)
+
+
+def test_resume_at_the_end_of_stage_1_starts_stage_2_afresh(world, tmp_path):
+    """A run stopped exactly at the stage boundary resumes into stage 2 with stage 2's own optimizer (the stage-1
+    optimizer state covers another parameter set: loading it failed before), as an uninterrupted run does."""
+    reports = _Reports(tmp_path)
+    cfg = _cfg(world, tmp_path, "train.stop_after=4", "train.ckpt_every=100")
+    first = Pretrainer(cfg, WorkerEnv(report=reports, scratch=tmp_path / "s1"), _Recorder())
+    first.run()
+    saved = read_checkpoint(reports.items[-1][1])
+    assert saved.step == 4 and saved.state["stage"] == 1
+    second = Pretrainer(_cfg(world, tmp_path, "train.ckpt_every=100"), WorkerEnv(report=reports,
+                        scratch=tmp_path / "s2"), _Recorder())
+    second.restore(saved)
+    second.run()
+    final = read_checkpoint(reports.items[-1][1])
+    assert second.step == 6 and final.state["stage"] == 2
+    adam_steps = {float(v) for k, v in final.extra.items() if k.endswith("/step")}
+    assert adam_steps == {2.0}  # stage 2's optimizer took its own 2 steps, it did not continue stage 1's
