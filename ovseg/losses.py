@@ -137,6 +137,29 @@ def multilabel_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> 
     return 0.5 * (i2t + t2i)
 
 
+def entity_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each entity picks out its images' best groups among ALL the batch's groups (an option, not the paper's).
+
+    group_logits: (B, G, C) scaled similarities of every group to the prompt of each of the C entities named in
+    the batch; targets: (B, C) 1 where the image's caption names the entity. For entity c, a softmax over the
+    B * G groups of the batch, with the best group (argmax, no gradient through the choice) of every image
+    naming c as equal positives. Every other group is a negative, the other groups of the same image included:
+    unlike an image-level or best-group contrast, it cannot be met by all of an image's groups carrying the
+    image's meaning, which is how the runs that fail to localise fail. Columns naming no image are left out.
+    """
+    B, G, C = group_logits.shape
+    t = targets.float()
+    cols = t.sum(0) > 0
+    if not cols.any():
+        return group_logits.sum() * 0.0  # no entity in the batch: no signal, but keep the graph for DDP
+    logits = group_logits.float()[:, :, cols]  # (B, G, C')
+    best = logits.detach().argmax(1)  # (B, C')
+    pos = torch.zeros_like(logits).scatter_(1, best.unsqueeze(1), 1.0) * t[:, cols].unsqueeze(1)  # (B, G, C')
+    logp = logits.flatten(0, 1).log_softmax(0)  # (B*G, C'): softmax over every group of the batch
+    pos = pos.flatten(0, 1)
+    return -((pos * logp).sum(0) / pos.sum(0)).mean()
+
+
 def group_diversity_loss(group_emb: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity between the different groups of each image (an option, not the paper's).
 

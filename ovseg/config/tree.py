@@ -33,6 +33,9 @@ class VisionConfig:
     # as at inference (GroupViT's AssignAttention has the same switch)
     gumbel: bool = True
     gumbel_tau: float = 1.0
+    # GroupViT adds each group's query (cross-attended over the whole image) to the mean of the tokens it was
+    # assigned; False keeps only the assigned tokens, so a group cannot carry what lies outside its segment
+    group_residual: bool = True
     assign_eps: float = 1.0  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
     norm_eps: float = 1e-5
     pretrained: str | None = None  # local DINO / timm ViT checkpoint (.pth or .safetensors)
@@ -53,6 +56,16 @@ class TextConfig:
     # initialised tower's outputs barely differ between texts at first, and 0.1 dropout noise drowns that
     # difference: the tiny config trains its random tower with 0.
     dropout: float | None = None
+    # "cls": the last hidden state at [CLS] (the paper). "mean": the mean over real tokens ([CLS] and [SEP]
+    # included), the pooling sentence-transformers trains MiniLM with: a pretrained MiniLM's [CLS] state was
+    # never trained to stand for the sentence
+    pooling: str = "cls"
+    # keep the tower's weights fixed in stage 1 as well (stage 2 always freezes them; its projector trains)
+    freeze: bool = False
+    # a frozen tower's features come from a cache keyed by token ids and the tower's fingerprint
+    # (ovseg.models.textcache); False recomputes them every step
+    cache: bool = True
+    cache_rows: int = 100_000  # distinct texts the cache keeps; further ones are computed every time
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,10 @@ class LossConfig:
     # mean cosine between the projected embeddings of an image's groups, penalised (losses.group_diversity_loss).
     # Not part of OVSegmentor: 0 reproduces the paper.
     group_diversity_weight: float = 0.0
+    # each caption entity's prompt contrasted against every group of the batch, its images' best groups the
+    # positives and the same image's other groups negatives (losses.entity_group_loss). Not part of
+    # OVSegmentor: 0 reproduces the paper.
+    entity_group_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,9 @@ class EvalConfig:
     # evaluation sets: "name=/path" (voc, context60, context59, coco_object, ade20k, synthetic); a bare
     # "synthetic" is the embedded synthetic world's val split
     datasets: tuple[str, ...] = ("synthetic",)
+    # score a dataset under other class names: "name=FILE" (a YAML/JSON mapping canonical -> new name, or one
+    # name per line in class order); it is logged as <name>-<file stem>, next to the canonical scores
+    class_names: tuple[str, ...] = ()
     max_images: int | None = None  # evaluate on the first N images only (None: all)
     num_overlays: int = 4
 
@@ -123,6 +143,9 @@ class DataConfig:
     # "paper": stage 1 RandAugment + erasing + crop 0.08-1, stage 2 crop 0.4-1 + flip; "light": crop 0.4-1 + flip
     # in both stages; "flip": a horizontal flip only (small synthetic images: a crop can cut out a named object)
     augment: str = "paper"
+    # where a frozen text tower's feature cache is kept (one file per tower fingerprint; ovseg.models.textcache).
+    # Default: next to the data: <world>/text-cache for the synthetic world, else ~/.cache/ovseg/text-cache
+    text_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,9 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_tokens: int, num_output_groups: int,
                  hard: bool = True, gumbel_tau: float = 1.0, assign_eps: float = 1.0, norm_eps: float = 1e-5,
-                 gumbel: bool = True):
+                 gumbel: bool = True, group_residual: bool = True):
         super().__init__()
+        self.group_residual = group_residual
         self.norm_tokens = nn.LayerNorm(dim, eps=norm_eps)
         # token-mixing MLP: S group tokens -> G output groups, hidden width D/2 (GroupViT mlp_ratio (0.5, 4))
         self.mlp_inter = Mlp(num_group_tokens, int(0.5 * dim), num_output_groups)
@@ -100,7 +101,8 @@ class GroupingBlock(nn.Module):
         groups = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))  # (B, G, D)
         groups = self.pre_assign_attn(groups, x)
         new_x, attn = self.assign(groups, x)
-        new_x = new_x + groups
+        if self.group_residual:  # GroupViT: each group adds its (image-wide) cross-attended query to its pooled tokens
+            new_x = new_x + groups
         new_x = self.reduction(new_x) + self.mlp_channels(self.norm_new_x(new_x))
         return new_x, attn
 

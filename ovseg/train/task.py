@@ -25,6 +25,7 @@ from ..config import LossConfig
 from ..losses import (
     Gather,
     contrastive_loss,
+    entity_group_loss,
     group_diversity_loss,
     mask_consistency_loss,
     multilabel_group_loss,
@@ -84,6 +85,12 @@ def _multilabel(out, batch, ctx):
     return multilabel_group_loss(out["group_class_logits"], batch["entity_targets"])
 
 
+def _entity_group(out, batch, ctx):
+    if "group_class_logits" not in out or batch.get("entity_targets") is None:
+        return None
+    return entity_group_loss(out["group_class_logits"], batch["entity_targets"])
+
+
 def _diversity(out, batch, ctx):
     return group_diversity_loss(out["group_emb"]) if "group_emb" in out else None
 
@@ -99,6 +106,7 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("entity", "entity_weight", _entity),
     LossTerm("mask", "mask_weight", _mask),
     LossTerm("multilabel", "multilabel_weight", _multilabel),
+    LossTerm("entity_group", "entity_group_weight", _entity_group),
     LossTerm("diversity", "group_diversity_weight", _diversity),
     LossTerm("seg", "seg_weight", _seg),
 )

@@ -247,3 +247,36 @@ def test_group_diversity_loss_enters_the_total_only_with_a_weight():
     assert torch.isclose(total, parts["loss_contrast"] + 0.5 * parts["loss_diversity"])
     _, off = compute_losses(out, LossConfig())
     assert "loss_diversity" not in off  # weight 0 (the paper's configs): not computed at all
+
+
+def test_entity_group_loss_matches_a_plain_loop():
+    """Each named entity: softmax over all B*G groups, its images' best groups the (equal) positives."""
+    import math
+
+    from ovseg.losses import entity_group_loss
+
+    torch.manual_seed(3)
+    B, G, C = 4, 3, 5
+    logits = torch.randn(B, G, C) * 3
+    targets = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float)
+    want, cols = 0.0, 0
+    for c in range(C):
+        images = [b for b in range(B) if targets[b, c] == 1]
+        if not images:
+            continue  # an entity no caption names: left out
+        denom = sum(math.exp(logits[b, g, c].item()) for b in range(B) for g in range(G))
+        terms = []
+        for b in images:
+            g_best = max(range(G), key=lambda g: logits[b, g, c].item())
+            terms.append(-(logits[b, g_best, c].item() - math.log(denom)))
+        want += sum(terms) / len(terms)
+        cols += 1
+    got = entity_group_loss(logits, targets)
+    assert abs(got.item() - want / cols) < 1e-5
+    # the image's other groups are negatives: pulling them towards the entity raises the loss
+    pulled = logits.clone()
+    pulled[0, :, 0] = pulled[0, :, 0].max()
+    assert entity_group_loss(pulled, targets) > got
+    # nothing named: zero, with a graph
+    z = entity_group_loss(logits.requires_grad_(), torch.zeros(B, C))
+    assert z.item() == 0.0 and z.requires_grad
