@@ -36,6 +36,9 @@ class VisionConfig:
     # GroupViT adds each group's query (cross-attended over the whole image) to the mean of the tokens it was
     # assigned; False keeps only the assigned tokens, so a group cannot carry what lies outside its segment
     group_residual: bool = True
+    # subtract the image's mean key from every token's key before the assignment logits (per group, a constant
+    # over the image's tokens): groups compete on what tells tokens apart, not on what the image shares
+    center_keys: bool = False
     assign_eps: float = 1.0  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
     norm_eps: float = 1e-5
     pretrained: str | None = None  # local DINO / timm ViT checkpoint (.pth or .safetensors)

@@ -50,8 +50,9 @@ class AssignAttention(nn.Module):
     """Single-head attention from groups (queries) to tokens (keys), normalised over groups."""
 
     def __init__(self, dim: int, qkv_bias: bool = True, hard: bool = True, gumbel_tau: float = 1.0,
-                 assign_eps: float = 1.0, gumbel: bool = True):
+                 assign_eps: float = 1.0, gumbel: bool = True, center_keys: bool = False):
         super().__init__()
+        self.center_keys = center_keys
         self.scale = dim ** -0.5
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
@@ -64,6 +65,10 @@ class AssignAttention(nn.Module):
 
     def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, GroupAttention]:
         q, k, v = self.q_proj(groups), self.k_proj(tokens), self.v_proj(tokens)  # (B,G,D) (B,N,D) (B,N,D)
+        if self.center_keys:
+            # each token competes on how it differs from the image's mean token: a group that matches what all
+            # tokens share gains the same on every token and cannot take the whole image for it
+            k = k - k.mean(1, keepdim=True)
         raw = q @ k.transpose(1, 2) * self.scale  # (B, G, N)
         if self.hard and self.training and self.gumbel:
             assign = gumbel_softmax(raw, self.gumbel_tau, hard=True, dim=1)
@@ -81,7 +86,7 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_tokens: int, num_output_groups: int,
                  hard: bool = True, gumbel_tau: float = 1.0, assign_eps: float = 1.0, norm_eps: float = 1e-5,
-                 gumbel: bool = True, group_residual: bool = True):
+                 gumbel: bool = True, group_residual: bool = True, center_keys: bool = False):
         super().__init__()
         self.group_residual = group_residual
         self.norm_tokens = nn.LayerNorm(dim, eps=norm_eps)
@@ -90,7 +95,8 @@ class GroupingBlock(nn.Module):
         self.norm_post_tokens = nn.LayerNorm(dim, eps=norm_eps)
         self.norm_x = nn.LayerNorm(dim, eps=norm_eps)
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, post_norm=True, norm_eps=norm_eps)
-        self.assign = AssignAttention(dim, hard=hard, gumbel_tau=gumbel_tau, assign_eps=assign_eps, gumbel=gumbel)
+        self.assign = AssignAttention(dim, hard=hard, gumbel_tau=gumbel_tau, assign_eps=assign_eps, gumbel=gumbel,
+                                      center_keys=center_keys)
         self.norm_new_x = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp_channels = Mlp(dim, 4 * dim, out_dim)
         self.reduction = nn.Linear(dim, out_dim, bias=False) if out_dim != dim else nn.Identity()

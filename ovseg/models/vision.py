@@ -89,7 +89,8 @@ class GroupingStage(nn.Module):
             self.downsample = GroupingBlock(
                 dim, dim, cfg.num_heads[index], n_tok, cfg.num_output_groups[index], hard=cfg.hard_assignment,
                 gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, norm_eps=cfg.norm_eps,
-                gumbel=cfg.gumbel, group_residual=cfg.group_residual)
+                gumbel=cfg.gumbel, group_residual=cfg.group_residual,
+                center_keys=cfg.center_keys)
 
     def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None):
         B, N, _ = x.shape

@@ -100,3 +100,38 @@ def test_two_stage_groupvit_composes_assignments():
     assert out.tokens.shape == (2, 3, 48)
     flat = flat_assignment(out.attns, "soft")  # (B, 3, 16): each patch's probability mass over final groups
     assert flat.shape == (2, 3, 16) and torch.allclose(flat.sum(1), torch.ones(2, 16), atol=1e-5)
+
+
+def test_centred_keys_assign_by_what_tells_tokens_apart():
+    """center_keys: logits q_g . (k_n - mean_n k), worked by a plain loop; a shift shared by every token (what
+    the whole image has in common) changes nothing, while without centring it moves tokens between groups."""
+    torch.manual_seed(0)
+    m = AssignAttention(8, hard=True, center_keys=True).eval()
+    groups, tokens = torch.randn(1, 3, 8), torch.randn(1, 6, 8)
+    _, attn = m(groups, tokens)
+    q, k = m.q_proj(groups)[0], m.k_proj(tokens)[0]
+    mean = sum(k[n] for n in range(6)) / 6
+    want = torch.stack([torch.stack([(q[g] * (k[n] - mean)).sum() * 8 ** -0.5 for n in range(6)])
+                        for g in range(3)]).softmax(0)
+    torch.testing.assert_close(attn.soft[0], want, rtol=0, atol=1e-6)
+    shift = torch.randn(1, 1, 8) * 5
+    _, shifted = m(groups, tokens + shift)
+    torch.testing.assert_close(shifted.soft, attn.soft, rtol=0, atol=1e-5)
+    plain = AssignAttention(8, hard=True).eval()
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(plain(groups, tokens + shift)[1].soft, plain(groups, tokens)[1].soft, atol=1e-3)
+
+
+def test_without_the_group_residual_a_group_is_its_tokens_only():
+    """group_residual=False: the block's output is a function of the assigned tokens' mean alone (GroupViT adds
+    the cross-attended group query, which sees the whole image)."""
+    torch.manual_seed(0)
+    block = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2, group_residual=False).eval()
+    x, tok = torch.randn(1, 9, 16), torch.randn(1, 4, 16)
+    out, attn = block(x, tok)
+    pooled = block.assign.proj((attn.hard / (attn.hard.sum(-1, keepdim=True) + 1.0)) @ block.assign.v_proj(block.norm_x(x)))
+    want = block.reduction(pooled) + block.mlp_channels(block.norm_new_x(pooled))
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+    with_residual = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2).eval()
+    with_residual.load_state_dict(block.state_dict())
+    assert not torch.allclose(with_residual(x, tok)[0], out, atol=1e-4)
