@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.textcache import weights_version
 
-def weights_version(model: torch.nn.Module) -> tuple:
-    """Changes whenever any parameter or buffer of ``model`` is modified or replaced."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+__all__ = ["TextBank", "text_bank", "weights_version"]
 
 
 class TextBank:

@@ -32,7 +32,8 @@ import torch
 CACHE_PREFIX = "text-"
 
 
-def tower_version(module: torch.nn.Module) -> tuple:
+def weights_version(module: torch.nn.Module) -> tuple:
+    """Changes whenever any parameter or buffer of ``module`` is modified in place or replaced."""
     return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
@@ -67,7 +68,7 @@ class TextFeatureCache:
     # ------------------------------------------------------------------ identity
     def check(self, tower: torch.nn.Module) -> str:
         """The tower's fingerprint; when it changed, the cache holds that fingerprint's rows only."""
-        version = tower_version(tower)
+        version = weights_version(tower)
         if version != self._version:
             fp = fingerprint(tower, self.extra)
             if fp != self.fingerprint:
