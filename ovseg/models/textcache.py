@@ -174,6 +174,37 @@ class TextFeatureCache:
             out_tokens[i, :lens[i]] = r[1]
         return out_pooled, out_tokens.to(ids.device)
 
+    @torch.no_grad()
+    def fill(self, tower: torch.nn.Module, compute, sequences, batch_size: int = 256, progress: bool = False,
+             device: torch.device | None = None) -> int:
+        """Compute ahead the rows of ``sequences`` (lists of real token ids) that the cache lacks, in batches of
+        similar length; returns how many were computed. Lookups later hit them (nothing counts as a hit or a
+        miss here). ``progress`` shows a progress bar on stderr."""
+        self.check(tower)
+        todo = sorted({np.asarray(s, dtype=np.int64).tobytes() for s in sequences if len(s)} - set(self.rows),
+                      key=len)
+        todo = todo[: max(0, self.max_rows - len(self.rows))]
+        if not todo:
+            return 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="text cache", unit="text", disable=not progress, mininterval=2.0)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            lens = [len(k) // 8 for k in chunk]
+            ids = torch.zeros(len(chunk), max(lens), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, k in enumerate(chunk):
+                ids[r, :lens[r]] = torch.from_numpy(np.frombuffer(k, dtype=np.int64).copy())
+                mask[r, :lens[r]] = 1
+            pooled, tokens = compute(ids.to(device), mask.to(device)) if device is not None else compute(ids, mask)
+            pooled, tokens = pooled.detach().cpu(), tokens.detach().cpu()
+            for r, k in enumerate(chunk):
+                self.rows[k] = (pooled[r].clone(), tokens[r, :lens[r]].clone())
+            bar.update(len(chunk))
+        bar.close()
+        return len(todo)
+
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses

@@ -144,7 +144,30 @@ class Pretrainer:
         if resume is not None and resume[1] is not None and resume[2] == stage:
             optimizer_from_tensors(optimizer, resume[0], resume[1])
         self._resume_optim = None
-        return batch, sched, optimizer, self._loader(stage, batch)
+        loader = self._loader(stage, batch)
+        self._warm_text_cache(loader)
+        return batch, sched, optimizer, loader
+
+    def _warm_text_cache(self, loader) -> None:
+        """A frozen tower's features for every text the stage's shards can produce, computed before its first
+        step (in batches, on the worker's threads, with a progress bar on the main rank) and saved next to the
+        data; a run that finds them on disk computes nothing. Texts it could not foresee fill in lazily."""
+        from ..data.captions.loader import shard_texts
+
+        text = self.model.text
+        if text.cache is None or not text.frozen:
+            return
+        t0 = time.perf_counter()
+        rows = shard_texts(loader.dataset.urls, loader.dataset.builder)
+        was_training = text.training
+        text.eval()
+        computed = text.cache.fill(text, text.compute, rows, batch_size=256, progress=self.main,
+                                   device=self.env.device)
+        text.train(was_training)
+        if self.main:
+            print(f"[ovseg] text cache: {len(rows)} texts of the stage's shards, {computed} computed now "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            self.save_text_cache()
 
     def _loader(self, stage: int, batch: int):
         from ..data.captions.loader import build_caption_loader
@@ -158,7 +181,7 @@ class Pretrainer:
             stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,
             shuffle_buffer=cfg.data.shuffle_buffer, pairs=stage == 2, epoch_length=epoch_len,
             max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size,
-            entity_prompts=cfg.loss.multilabel_weight > 0 or cfg.loss.entity_group_weight > 0)
+            entity_prompts=cfg.loss.needs_entity_prompts)
 
     def _batches(self, loader):
         """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""

@@ -159,10 +159,15 @@ def surface_forms(word: str, table) -> set[str]:
     return {prefix + f for f in forms}
 
 
+def answer_prompts(entities: Sequence[str]) -> list[str]:
+    """Every entity-completion answer for these entities: each template's prefix + the entities joined by
+    " and " (section 4.3), in template order."""
+    return [t.split("{}")[0] + " and ".join(entities) for t in ANSWER_TEMPLATES]
+
+
 def answer_prompt(entities: Sequence[str], rng: random.Random) -> str:
-    """The entity-completion answer: a template's prefix + the entities joined by " and " (section 4.3)."""
-    prefix = rng.choice(ANSWER_TEMPLATES).split("{}")[0]
-    return prefix + " and ".join(entities)
+    """The answer under one template drawn from ``rng``."""
+    return rng.choice(answer_prompts(entities))
 
 
 class EntityMatcher:

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ovseg.data.captions.pairing import pair_in_stream, stable_seed
-from ovseg.data.captions.sample import SampleBuilder, SkipSample, collate, read_shard
+from ovseg.data.captions.sample import SampleBuilder, SkipSample, collate, read_caption, read_shard, read_spans
 from ovseg.data.shardio import SkipCounter, expand_urls
 
 
@@ -192,6 +192,29 @@ class CaptionLoader:
                     f"{self.counts.as_dict()}")
             if self.epoch_length is None:
                 return
+
+
+def shard_texts(urls, builder: SampleBuilder) -> list[list[int]]:
+    """The real token ids of every text the samples of ``urls`` can give the text tower
+    (``SampleBuilder.possible_texts``), each distinct caption once; unreadable samples are left to the loader,
+    which skips and counts them. The text cache's pre-pass computes these before training."""
+    captions: dict[tuple, None] = {}
+    counter = SkipCounter(loud=0)
+    for url in urls:
+        for raw in read_shard(url, counter):
+            try:
+                caption = read_caption(raw)
+                spans = read_spans(raw, caption)
+            except SkipSample:
+                continue
+            captions[(caption, None if spans is None else tuple(map(tuple, spans)))] = None
+    texts: dict[str, None] = {}
+    for caption, spans in captions:
+        try:
+            texts.update(dict.fromkeys(builder.possible_texts(caption, None if spans is None else list(spans))))
+        except SkipSample:
+            continue
+    return builder.token_rows(list(texts)) if texts else []
 
 
 def build_caption_loader(urls, tokenizer, *, batch_size: int, image_size: int = 224, stage: int = 1,

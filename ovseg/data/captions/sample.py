@@ -35,13 +35,14 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
-from ovseg.data.captions.entities import EntityMatcher, answer_prompt, mask_spans, unique_entities
+from ovseg.data.captions.entities import EntityMatcher, answer_prompt, answer_prompts, mask_spans, unique_entities
 from ovseg.data.captions.transforms import build_image_transform
 from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 CROSS_PROMPT = "A photo of {}"
+UNPAIRED_PROMPT = ""  # the cross-image prompt of a sample with no partner (its mask loss is off)
 ENTITY_PROMPT = "a photo of a {}."  # the multi-label loss's prompt: the zero-shot protocol's template
 
 
@@ -136,19 +137,40 @@ class SampleBuilder:
         return {"key": raw["__key__"], "payload": payload, "image": self.transform(image),
                 **self.text_fields(caption, spans, rng, flags)}
 
-    def text_fields(self, caption: str, spans, rng: random.Random, flags: Counter) -> dict[str, Any]:
-        """Caption, masked-entity question and answer prompt tokens (``spans`` None: match on the fly)."""
+    def _visible(self, caption: str, spans, flags: Counter | None):
+        """(caption tokens, the caption as far as the tokenizer keeps it, its entity spans within that part)."""
         enc = self.tokenize(caption, offsets=True)
         # The last character the tokenizer kept: text after it never reaches the model.
         visible = max(end for _, end in enc["offset_mapping"])
         if visible == 0:
             raise SkipSample("empty_caption", "no token survives tokenization")
         if sum(enc["attention_mask"]) == self.max_length and visible < len(caption):
-            flags["truncated_caption"] += 1
+            if flags is not None:
+                flags["truncated_caption"] += 1
             caption = caption[:visible]
         if spans is None:
             spans = self.matcher.match(caption)
-        spans = [s for s in spans if s[1] <= visible]
+        return enc, caption, [s for s in spans if s[1] <= visible]
+
+    def possible_texts(self, caption: str, spans) -> list[str]:
+        """Every text this caption can give the text tower, whatever the random draws: the caption (as far as
+        the tokenizer keeps it), its masked question, the answer under each template, and its entity (when on)
+        and cross-image prompts. The text cache's pre-pass computes these ahead of training (``Pretrainer``)."""
+        _, caption, spans = self._visible(caption, spans, None)
+        entities = unique_entities(spans)
+        texts = [caption, mask_spans(caption, spans, self.tokenizer.mask_token), *answer_prompts(entities)]
+        if self.entity_prompts:
+            texts += [ENTITY_PROMPT.format(e) for e in entities]
+        return texts + [CROSS_PROMPT.format(e) for e in entities] + [UNPAIRED_PROMPT]
+
+    def token_rows(self, texts: list[str]) -> list[list[int]]:
+        """The real token ids of each text, tokenized as ``tokenize`` does (one batched call)."""
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def text_fields(self, caption: str, spans, rng: random.Random, flags: Counter) -> dict[str, Any]:
+        """Caption, masked-entity question and answer prompt tokens (``spans`` None: match on the fly)."""
+        enc, caption, spans = self._visible(caption, spans, flags)
         entities = unique_entities(spans)
         question = self.tokenize(mask_spans(caption, spans, self.tokenizer.mask_token))
         answer = self.tokenize(answer_prompt(entities, rng))
@@ -168,7 +190,7 @@ class SampleBuilder:
         """Attach the paired image and its "A photo of <entity>" prompt; zeros when unpaired."""
         if partner is None:
             sample["cross_image"] = torch.zeros_like(sample["image"])
-            prompt = self.tokenize("")
+            prompt = self.tokenize(UNPAIRED_PROMPT)
         else:
             _, entity, partner_bytes = partner
             sample["cross_image"] = self.transform(decode_image(partner_bytes))
