@@ -6,6 +6,8 @@
   masks this image's groups draw on a paired image and the paired image's own (momentum) masks.
 - ``multilabel_group_loss``: optional (``loss.multilabel_weight``, 0 in the paper's configs): GroupViT's
   multi-label contrast between images and prompts of their captions' entities, read at each image's best group.
+- ``mosaic_loss``: optional (``loss.mosaic_weight``): the same multi-label contrast for the patches of each
+  image of a two-image mosaic, read at its best patch (``models.mosaic``).
 - ``supervised_mask_loss``: for labelled segmentation shards (federated partner sites): per-pixel class
   logits from the group assignment, cross-entropy + Dice against the ground truth.
 
@@ -158,6 +160,34 @@ def entity_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> torc
     logp = logits.flatten(0, 1).log_softmax(0)  # (B*G, C'): softmax over every group of the batch
     pos = pos.flatten(0, 1)
     return -((pos * logp).sum(0) / pos.sum(0)).mean()
+
+
+def mosaic_loss(image_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The patches of each image of a two-image mosaic must name its entities (an option, not the paper's).
+
+    image_logits: (2M, N, C) scaled prompt similarities of the mosaic patches that show image i (row i), -inf on
+    the others (``models.mosaic.per_image``); targets: (B, C) the batch's caption entities, B >= 2M. An image
+    scores an entity by its best patch in the mosaic; the multi-label contrast of ``multilabel_group_loss`` then
+    runs over these. The other image of the same mosaic is a negative like any other, so a group that spreads
+    over both, or carries the meaning of the image it does not cover, is penalised: the signal the image-level
+    losses lack, which cannot be met by every group carrying the image's meaning.
+    """
+    if image_logits.shape[0] > targets.shape[0]:
+        raise ValueError(f"mosaic patches of {image_logits.shape[0]} images but targets for only {targets.shape[0]}")
+    return multilabel_group_loss(image_logits, targets[: image_logits.shape[0]])
+
+
+def group_usage_loss(assign: torch.Tensor) -> torch.Tensor:
+    """How far each image's use of its groups is from even (an option, not the paper's).
+
+    assign: (B, G, h, w) soft assignment of every patch over the G groups (sums to 1 over G). For each image the
+    share of group g is the mean of its assignment over the patches, p_g; the loss is KL(p || uniform) =
+    sum_g p_g log(G p_g), 0 when every group holds 1/G of the image, log G when one group holds it all. The
+    runs that fail to localise fail with one group over most of the image, the object and its background.
+    """
+    share = assign.float().flatten(2).mean(-1)  # (B, G)
+    G = share.shape[1]
+    return (share * (share.clamp(min=1e-12) * G).log()).sum(1).mean()
 
 
 def group_diversity_loss(group_emb: torch.Tensor) -> torch.Tensor:

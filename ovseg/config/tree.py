@@ -69,6 +69,10 @@ class TextConfig:
     # (ovseg.models.textcache); False recomputes them every step
     cache: bool = True
     cache_rows: int = 100_000  # distinct texts the cache keeps; further ones are computed every time
+    # a trainable linear map of the tower's outputs (pooled and token features, after the cache) to this width;
+    # the text projectors and the entity decoder then work at it. None: the tower's own width. A narrow head
+    # over a frozen pretrained tower keeps the decoder as cheap as a small random tower's (tiny: 384 -> 128)
+    head_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,20 @@ class LossConfig:
     # positives and the same image's other groups negatives (losses.entity_group_loss). Not part of
     # OVSegmentor: 0 reproduces the paper.
     entity_group_weight: float = 0.0
+    # localisation from captions alone: mosaics of two of the batch's images (one at half size pasted over the
+    # other at a random place: "paste"; both at half size side by side: "side"); the patches of each image,
+    # scored through their groups, must name its entities and not the other's (losses.mosaic_loss,
+    # models/mosaic.py). Not part of OVSegmentor: 0 reproduces the paper.
+    mosaic_weight: float = 0.0
+    mosaic_layout: str = "paste"
+    # KL from uniform of each image's group shares (losses.group_usage_loss): no group may take the whole
+    # image. Not part of OVSegmentor: 0 reproduces the paper.
+    group_usage_weight: float = 0.0
+
+    @property
+    def needs_entity_prompts(self) -> bool:
+        """Whether batches must carry the prompts of their captions' entities (``class_ids``/``entity_targets``)."""
+        return self.multilabel_weight > 0 or self.entity_group_weight > 0 or self.mosaic_weight > 0
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class CaptionKind(SiteKind):
                                       stage=transform_kind(cfg.data.augment, stage=1), num_workers=0, seed=seed,
                                       shuffle_buffer=min(cfg.data.shuffle_buffer, 256),
                                       max_length=cfg.model.text.max_length, rank=0, world_size=1,
-                                      entity_prompts=cfg.loss.multilabel_weight > 0 or cfg.loss.entity_group_weight > 0)
+                                      entity_prompts=cfg.loss.needs_entity_prompts)
 
         def endless():
             epoch = 0

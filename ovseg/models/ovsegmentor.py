@@ -12,6 +12,8 @@ The batch keys a forward understands, each optional but the first two:
   question_ids/question_mask, answer_*        masked entity completion (section 3.2)
   cross_image, cross_entity_ids/mask          cross-image mask consistency, stage 2 (section 3.3)
   class_ids/class_mask                        class-name prompts for supervised masks (segmentation data)
+                                              and the entity prompts of the caption-side extra losses
+  mosaic_image/mosaic_region (with class_ids)  two-image mosaics of the batch's images (``mosaic.py``)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..config import ModelConfig
 from .decoder import EntityDecoder
 from .grouping import flat_assignment
 from .layers import ProjectMLP
+from .mosaic import per_image
 from .pretrained import LoadReport, load_vision_weights
 from .text import TextTower, Tokenizer
 from .vision import GroupViT, VisionOutput
@@ -40,6 +43,9 @@ class OVSegmentor(nn.Module):
         self.vision = GroupViT(cfg.vision)
         self.text = TextTower(cfg.text, tokenizer.vocab_size, hf_config=text_hf_config, tokenizer=tokenizer)
         dv, dt = self.vision.embed_dim, self.text.width
+        # trainable, outside the tower: freezing the tower (and its cache) leaves the head learning
+        self.text_head = nn.Linear(dt, cfg.text.head_dim) if cfg.text.head_dim else None
+        dt = cfg.text.head_dim or dt
         self.img_projector = ProjectMLP(dv, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
         self.text_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
         self.bridge_projector = ProjectMLP(dt, cfg.proj_hidden_dim, cfg.embed_dim, cfg.proj_num_layers)
@@ -73,8 +79,15 @@ class OVSegmentor(nn.Module):
         assign = flat_assignment(out.attns, "soft").unflatten(-1, out.grid)  # (B, G, h, w)
         return image_emb, group_emb, assign
 
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, Dt), tokens (B, L, Dt)): the tower's outputs, through the text head when there is one."""
+        pooled, tokens = self.text(ids, mask)
+        if self.text_head is not None:
+            pooled, tokens = self.text_head(pooled), self.text_head(tokens)
+        return pooled, tokens
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_projector(self.text(ids, mask)[0]), dim=-1)
+        return F.normalize(self.text_projector(self.text_features(ids, mask)[0]), dim=-1)
 
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,9 +98,10 @@ class OVSegmentor(nn.Module):
             "group_emb": group_emb,
             "text_emb": self.encode_text(batch["caption_ids"], batch["caption_mask"]),
             "logit_scale": self.scale(),
+            "assign": flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid),  # (B, G, h, w)
         }
         if "question_ids" in batch:
-            _, q_tokens = self.text(batch["question_ids"], batch["question_mask"])
+            _, q_tokens = self.text_features(batch["question_ids"], batch["question_mask"])
             decoded = self.decoder(q_tokens, batch["question_mask"], vis.tokens)
             out["entity_emb"] = F.normalize(self.bridge_projector(decoded), dim=-1)
             out["answer_emb"] = self.encode_text(batch["answer_ids"], batch["answer_mask"])
@@ -97,8 +111,23 @@ class OVSegmentor(nn.Module):
             class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
             out["group_class_logits"] = out["logit_scale"] * group_emb @ class_emb.t()  # (B, G, C)
             out["class_emb"] = class_emb
-            out["assign"] = flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid)  # (B, G, h, w)
+            if "mosaic_image" in batch:
+                out["mosaic_logits"] = self._mosaic_logits(batch["mosaic_image"], batch["mosaic_region"], class_emb,
+                                                           out["logit_scale"])
         return out
+
+    def _mosaic_logits(self, mosaics: torch.Tensor, region: torch.Tensor, class_emb: torch.Tensor,
+                       scale: torch.Tensor) -> torch.Tensor:
+        """(2M, N, C) scaled prompt similarity of each mosaic patch, read through its groups, per source image.
+
+        A patch's score for prompt c is the soft-assignment-weighted mean of its groups' scores, the map that
+        zero-shot segmentation takes the argmax of; row i holds the patches that show image i, -inf elsewhere
+        (``mosaic.per_image``).
+        """
+        vis = self.vision(mosaics)
+        group_logits = scale * F.normalize(self.img_projector(vis.tokens), dim=-1) @ class_emb.t()  # (M, G, C)
+        patch_logits = torch.einsum("bgn,bgc->bnc", flat_assignment(vis.attns, "soft"), group_logits)
+        return per_image(patch_logits, region)
 
     def _cross_image_masks(self, vis: VisionOutput, batch) -> dict[str, torch.Tensor]:
         """Masks of this image's groups read on the paired image, and the paired image's own masks.
@@ -116,7 +145,7 @@ class OVSegmentor(nn.Module):
             to_patches = flat_assignment(mom.attns[:-1], "soft") if len(mom.attns) > 1 else None
             target = q_mom @ k.transpose(1, 2) * k.shape[-1] ** -0.5
             # entity relevance of each online group: projected (unnormalised) group feature . entity prompt
-            entity = self.text_projector(self.text(batch["cross_entity_ids"], batch["cross_entity_mask"])[0])
+            entity = self.text_projector(self.text_features(batch["cross_entity_ids"], batch["cross_entity_mask"])[0])
             relevance = torch.einsum("bge,be->bg", self.img_projector(vis.tokens.detach()), entity)
         pred = q_online @ k.transpose(1, 2) * k.shape[-1] ** -0.5  # (B, G, N)
         if to_patches is not None:

@@ -23,6 +23,7 @@ def train_step(task: Task, batch: dict[str, torch.Tensor], optimizer: torch.opti
     model = task.model
     model.train()
     device_type = batch["image"].device.type
+    batch = task.prepare(batch)
     with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         out = model(batch)
         total, parts = task.losses(out, batch)

@@ -9,8 +9,9 @@ Adding a loss term: one function in ``ovseg.losses``, one entry in ``LOSS_TERMS`
 ``LossConfig``, where every tunable default lives). Metric names, MLflow keys and the federated metric keys all
 derive from the table (``metric_names``).
 
-Paper sections: contrast 3.1, entity completion 3.2, mask consistency 3.3; multi-label and group diversity are
-this project's additions for small models trained from scratch (README, differences from the paper);
+Paper sections: contrast 3.1, entity completion 3.2, mask consistency 3.3; multi-label, entity-group, mosaic and
+group diversity are this project's additions for small models trained from scratch (README, differences from
+the paper);
 ``seg`` is the supervised mask loss of segmentation sites in a hybrid federation.
 """
 
@@ -22,12 +23,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import LossConfig
+from ..models.mosaic import compose
 from ..losses import (
     Gather,
     contrastive_loss,
     entity_group_loss,
     group_diversity_loss,
+    group_usage_loss,
     mask_consistency_loss,
+    mosaic_loss,
     multilabel_group_loss,
     supervised_mask_loss,
 )
@@ -91,8 +95,18 @@ def _entity_group(out, batch, ctx):
     return entity_group_loss(out["group_class_logits"], batch["entity_targets"])
 
 
+def _mosaic(out, batch, ctx):
+    if "mosaic_logits" not in out or batch.get("entity_targets") is None:
+        return None
+    return mosaic_loss(out["mosaic_logits"], batch["entity_targets"])
+
+
 def _diversity(out, batch, ctx):
     return group_diversity_loss(out["group_emb"]) if "group_emb" in out else None
+
+
+def _usage(out, batch, ctx):
+    return group_usage_loss(out["assign"]) if "assign" in out else None
 
 
 def _seg(out, batch, ctx):
@@ -107,7 +121,9 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("mask", "mask_weight", _mask),
     LossTerm("multilabel", "multilabel_weight", _multilabel),
     LossTerm("entity_group", "entity_group_weight", _entity_group),
+    LossTerm("mosaic", "mosaic_weight", _mosaic),
     LossTerm("diversity", "group_diversity_weight", _diversity),
+    LossTerm("usage", "group_usage_weight", _usage),
     LossTerm("seg", "seg_weight", _seg),
 )
 
@@ -171,6 +187,16 @@ class Task:
     @property
     def all_terms(self) -> tuple[LossTerm, ...]:
         return self.terms + self.extra_terms
+
+    def prepare(self, batch: dict) -> dict:
+        """The model inputs that the loss terms derive from the batch itself: the mosaics of the mosaic term
+        when it is on and the batch carries entity prompts (a new dict; ``batch`` is not changed). Paste
+        positions come from torch's global generator (seeded per rank by the trainer)."""
+        if self.loss.mosaic_weight and "entity_targets" in batch and "mosaic_image" not in batch \
+                and batch["image"].shape[0] >= 2:
+            mosaics, region = compose(batch["image"], self.core.vision.patch_size, self.loss.mosaic_layout)
+            return {**batch, "mosaic_image": mosaics, "mosaic_region": region}
+        return batch
 
     def losses(self, out: Outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return compute_losses(out, self.loss, batch, self.gather, self.rank, self.all_terms)

@@ -280,3 +280,19 @@ def test_entity_group_loss_matches_a_plain_loop():
     # nothing named: zero, with a graph
     z = entity_group_loss(logits.requires_grad_(), torch.zeros(B, C))
     assert z.item() == 0.0 and z.requires_grad
+
+
+def test_group_usage_loss_matches_the_kl_from_uniform_by_hand():
+    from ovseg.losses import group_usage_loss
+
+    # image 0: patches split 3 / 1 between two of three groups (hard); image 1: every patch even over the groups
+    a0 = torch.zeros(3, 2, 2)
+    a0[0].view(-1)[:3] = 1.0
+    a0[1].view(-1)[3] = 1.0
+    a1 = torch.full((3, 2, 2), 1 / 3)
+    got = group_usage_loss(torch.stack([a0, a1]))
+    kl0 = 0.75 * math.log(3 * 0.75) + 0.25 * math.log(3 * 0.25)  # the empty group adds 0 log 0 = 0
+    assert math.isclose(float(got), (kl0 + 0.0) / 2, rel_tol=1e-6)
+    one_group = torch.zeros(1, 3, 2, 2)
+    one_group[0, 1] = 1.0
+    assert math.isclose(float(group_usage_loss(one_group)), math.log(3), rel_tol=1e-6)

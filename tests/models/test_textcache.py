@@ -157,3 +157,51 @@ def test_a_full_cache_still_answers_every_row():
         want = model.text.compute(ids, mask)
     assert len(model.text.cache.rows) == 2
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+
+
+def test_text_head_maps_the_cached_features_and_trains_over_a_frozen_tower():
+    model = _frozen("mean", ["model.text.head_dim=16"])
+    head = model.text_head
+    assert head.in_features == model.text.width and head.out_features == 16
+    assert model.decoder.norm_text.normalized_shape == (16,) and model.text_projector.net[0].in_features == 16
+    ids, mask = model.tokenizer(TEXTS, padding="longest")
+    with torch.no_grad():
+        pooled, tokens = model.text.compute(ids, mask)
+    got_pooled, got_tokens = model.text_features(ids, mask)
+    torch.testing.assert_close(got_pooled, pooled @ head.weight.t() + head.bias, rtol=0, atol=1e-5)
+    real = mask.bool()  # the cache keeps no padded positions (zeros): compare the real tokens
+    torch.testing.assert_close(got_tokens[real], (tokens @ head.weight.t() + head.bias)[real], rtol=0, atol=1e-5)
+    model.encode_text(ids, mask).sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0  # the head learns...
+    assert all(p.grad is None for p in model.text.parameters())  # ... the tower does not
+    assert model.text.cache.misses > 0  # and its features came through the cache
+
+
+def test_pre_pass_foresees_every_text_of_the_batches_and_fills_the_cache(make_world):
+    """shard_texts lists every text a stage-2 batch can hold; after fill, those batches never miss."""
+    from ovseg.data.captions.loader import build_caption_loader, shard_texts
+
+    world = make_world()
+    urls = sorted(str(p) for p in (world / "train").glob("*.tar"))
+    model = _frozen("mean")
+    loader = build_caption_loader(urls, model.tokenizer.hf, batch_size=8, image_size=32, stage=2, pairs=True,
+                                  max_length=24, entity_prompts=True, epoch_length=4, pair_pool=64)
+    rows = shard_texts(urls, loader.dataset.builder)
+    assert len(rows) == len({tuple(r) for r in rows})  # each text once
+    assert model.tokenizer.hf("")["input_ids"] in rows  # the cross prompt of an unpaired sample
+    cache = model.text.cache
+    assert cache.fill(model.text, model.text.compute, rows, batch_size=7) == len(rows)
+    assert cache.fill(model.text, model.text.compute, rows) == 0  # nothing left to compute
+    assert cache.hits == cache.misses == 0  # the pre-pass is neither
+    loader.set_epoch(0)
+    seen = 0
+    for batch in loader:
+        for name in ("caption", "question", "answer", "class", "cross_entity"):
+            ids, mask = batch[f"{name}_ids"], batch[f"{name}_mask"]
+            keep = mask.sum(1) > 0  # unpaired samples carry an empty cross prompt ([CLS] [SEP] is still a text)
+            with torch.no_grad():
+                got = model.text(ids[keep], mask[keep])
+                want = model.text.compute(ids[keep], mask[keep])
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+            seen += int(keep.sum())
+    assert seen > 0 and cache.misses == 0 and cache.hits == seen
