@@ -180,7 +180,8 @@ def mosaic_loss(image_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 def group_usage_loss(assign: torch.Tensor) -> torch.Tensor:
     """How far each image's use of its groups is from even (an option, not the paper's).
 
-    assign: (B, G, h, w) soft assignment of every patch over the G groups (sums to 1 over G). For each image the
+    assign: (B, G, h, w) assignment of every patch over the G groups (sums to 1 over G; soft or straight-through
+    one-hot, ``loss.group_usage_on``). For each image the
     share of group g is the mean of its assignment over the patches, p_g; the loss is KL(p || uniform) =
     sum_g p_g log(G p_g), 0 when every group holds 1/G of the image, log G when one group holds it all. The
     runs that fail to localise fail with one group over most of the image, the object and its background.

@@ -117,6 +117,16 @@ class LossConfig:
     # KL from uniform of each image's group shares (losses.group_usage_loss): no group may take the whole
     # image. Not part of OVSegmentor: 0 reproduces the paper.
     group_usage_weight: float = 0.0
+    # which assignment the shares are read from: "soft" (the softmax over groups; diffuse assignments can make
+    # it even) or "hard" (the one-hot the groups are pooled with, straight-through gradients). Soft learned
+    # better on 2 of 3 seeds at step 400 (docs/results.md, 1 Dec 2026, evening)
+    group_usage_on: str = "soft"
+
+    def __post_init__(self):
+        if self.mosaic_layout not in ("paste", "side"):
+            raise ValueError(f"loss.mosaic_layout must be 'paste' or 'side', got {self.mosaic_layout!r}")
+        if self.group_usage_on not in ("hard", "soft"):
+            raise ValueError(f"loss.group_usage_on must be 'hard' or 'soft', got {self.group_usage_on!r}")
 
     @property
     def needs_entity_prompts(self) -> bool:

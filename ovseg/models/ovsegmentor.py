@@ -99,6 +99,8 @@ class OVSegmentor(nn.Module):
             "text_emb": self.encode_text(batch["caption_ids"], batch["caption_mask"]),
             "logit_scale": self.scale(),
             "assign": flat_assignment(vis.attns, "soft").unflatten(-1, vis.grid),  # (B, G, h, w)
+            # the one-hot assignment the groups were pooled with (Gumbel in training), straight-through gradients
+            "assign_hard": flat_assignment(vis.attns, "hard").unflatten(-1, vis.grid),
         }
         if "question_ids" in batch:
             _, q_tokens = self.text_features(batch["question_ids"], batch["question_mask"])

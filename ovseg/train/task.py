@@ -106,7 +106,10 @@ def _diversity(out, batch, ctx):
 
 
 def _usage(out, batch, ctx):
-    return group_usage_loss(out["assign"]) if "assign" in out else None
+    # "hard": the shares of the one-hot assignment the groups were pooled with (soft shares can also be made
+    # even by leaving every patch undecided); "soft": the softmax over groups
+    key = "assign_hard" if ctx.cfg.group_usage_on == "hard" else "assign"
+    return group_usage_loss(out[key]) if key in out else None
 
 
 def _seg(out, batch, ctx):

@@ -296,3 +296,16 @@ def test_group_usage_loss_matches_the_kl_from_uniform_by_hand():
     one_group = torch.zeros(1, 3, 2, 2)
     one_group[0, 1] = 1.0
     assert math.isclose(float(group_usage_loss(one_group)), math.log(3), rel_tol=1e-6)
+
+
+def test_group_usage_term_reads_the_assignment_the_groups_were_pooled_with():
+    # every patch undecided (soft shares even) but all pooled into one group (hard shares 1, 0, 0)
+    soft = torch.full((1, 3, 2, 2), 1 / 3)
+    hard = torch.zeros(1, 3, 2, 2)
+    hard[0, 0] = 1.0
+    out = {"image_emb": F.normalize(torch.randn(1, 4), dim=-1), "text_emb": F.normalize(torch.randn(1, 4), dim=-1),
+           "logit_scale": torch.tensor(10.0), "assign": soft, "assign_hard": hard}
+    _, on_hard = compute_losses(out, LossConfig(group_usage_weight=1.0, group_usage_on="hard"))
+    _, on_soft = compute_losses(out, LossConfig(group_usage_weight=1.0))  # the default
+    assert math.isclose(float(on_hard["loss_usage"]), math.log(3), rel_tol=1e-6)
+    assert abs(float(on_soft["loss_usage"])) < 1e-6
