@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value")
     args = p.parse_args(argv)
-    cfg = load_config(args.config_file or args.config, args.overrides)
+    try:
+        cfg = load_config(args.config_file or args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as exn:  # a mistake in the config or the overrides: one line
+        print(f"pretrain: error: {exn}", file=sys.stderr)
+        return 2
 
     from ovseg.integrations.ray_train import run_pretraining
 

@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from ovseg.integrations.ray_tune import fixed_overrides, load_space, run_sweep
 
-    space = load_space(args.space)
-    base = load_config(args.config_file or args.config, fixed_overrides(space) + args.overrides)
+    try:
+        space = load_space(args.space)
+        base = load_config(args.config_file or args.config, fixed_overrides(space) + args.overrides)
+    except (ValueError, FileNotFoundError) as exn:  # a mistake in the space, config or overrides: one line
+        print(f"sweep: error: {exn}", file=sys.stderr)
+        return 2
     run_sweep(base, space, num_samples=args.num_samples, name=args.name, output=args.output,
               resume=args.resume, max_concurrent=args.max_concurrent)
     return 0
