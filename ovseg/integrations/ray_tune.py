@@ -36,9 +36,15 @@ def load_space(name_or_path: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"fixed", "search"}
+    unknown = set(data) - {"fixed", "search", "asha"}
     if unknown or not isinstance(data.get("search"), dict) or not data["search"]:
-        raise ValueError(f"{path}: a space holds 'fixed' and a non-empty 'search' mapping (got {sorted(data)})")
+        raise ValueError(f"{path}: a space holds 'fixed', a non-empty 'search' mapping and optionally 'asha' "
+                         f"(got {sorted(data)})")
+    asha = data.setdefault("asha", {}) or {}
+    if not isinstance(asha, dict) or set(asha) - {"grace_period", "reduction_factor"} or not all(
+            isinstance(v, int) and v >= 1 for v in asha.values()):
+        raise ValueError(f"{path}: 'asha' takes grace_period and reduction_factor, integers >= 1 (got {asha!r})")
+    data["asha"] = asha
     for key, spec in data["search"].items():
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
             raise ValueError(f"{path}: '{key}' needs exactly one sampler of {SAMPLERS}, got {spec!r}")
@@ -173,6 +179,9 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
         storage.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": parent.run_id}))
     reports = len(report_steps(cfg))
+    # ASHA's first cut comes after `grace` reports: a trial must have had the time to leave the all-background
+    # level by then, or the cut ranks noise
+    grace = space.get("asha", {}).get("grace_period", 1)
     if cfg.train.num_workers == 1:
         resources = {"cpu": cfg.train.cpus_per_worker, "gpu": 1 if cfg.train.use_gpu else 0}
     else:  # the trial only coordinates; its TorchTrainer asks Ray for the workers' resources
@@ -197,8 +206,9 @@ def run_sweep(base: Config, space: dict, *, num_samples: int, name: str, output:
                                             search_alg=BasicVariantGenerator(random_state=cfg.seed),
                                             max_concurrent_trials=max_concurrent,
                                             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                                            scheduler=ASHAScheduler(max_t=reports, grace_period=1,
-                                                                    reduction_factor=2)),
+                                            scheduler=ASHAScheduler(
+                                                max_t=reports, grace_period=min(grace, reports),
+                                                reduction_factor=space["asha"].get("reduction_factor", 2))),
                 run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         grid = tuner.fit()

@@ -32,7 +32,10 @@ def _args(world, out, name):
 
 def test_space_file_validation_and_trial_configs(tmp_path):
     space = load_space("default")
-    assert {"loss.entity_weight", "loss.mask_weight", "model.vision.num_output_groups", "train.lr"} <= set(space["search"])
+    assert {"loss.group_usage_weight", "model.vision.num_output_groups", "train.lr"} <= set(space["search"])
+    # the default's first ASHA cut waits for its second report (step 350), past the all-background phase
+    assert space["asha"] == {"grace_period": 2}
+    assert load_space("default")["fixed"]["train.eval_every"] == 200
     base = load_config("debug")
     cfg = trial_config(__import__("ovseg.config", fromlist=["to_dict"]).to_dict(base),
                        {"model.vision.num_output_groups": [4], "loss.entity_weight": 0.5})
@@ -40,6 +43,12 @@ def test_space_file_validation_and_trial_configs(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("search:\n  loss.entity_weight: {between: [0, 1]}\n")
     with pytest.raises(ValueError, match="sampler"):
+        load_space(str(bad))
+    bad.write_text("search:\n  train.lr: {choice: [0.001]}\nasha: {grace_period: 0}\n")
+    with pytest.raises(ValueError, match="asha"):
+        load_space(str(bad))
+    bad.write_text("search:\n  train.lr: {choice: [0.001]}\nasha: {patience: 2}\n")
+    with pytest.raises(ValueError, match="asha"):
         load_space(str(bad))
 
 
