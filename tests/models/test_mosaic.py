@@ -156,3 +156,25 @@ def test_task_adds_mosaics_only_when_the_term_is_on_and_the_model_scores_them(de
     total, parts = compute_losses(out, LossConfig(mosaic_weight=0.5, contrast_weight=0.0), prepared)
     assert torch.isclose(total, 0.5 * parts["loss_mosaic"])
     assert torch.isclose(parts["loss_mosaic"], mosaic_loss(out["mosaic_logits"], prepared["entity_targets"]))
+
+
+def test_a_training_step_with_the_mosaic_term_trains_through_it(debug_model):
+    """One engine step on a real batch dict: the term is reported and its gradient reaches the grouping."""
+    import copy
+
+    from ovseg.train.engine import train_step
+
+    model = copy.deepcopy(debug_model).train()
+    S = model.vision.cfg.img_size
+    tok = model.tokenizer
+    ids, mask = tok(["a cat", "a dog", "a car", "a cat and a car"])
+    c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a car."])
+    batch = {"image": torch.randn(4, 3, S, S), "caption_ids": ids, "caption_mask": mask, "class_ids": c_ids,
+             "class_mask": c_mask,
+             "entity_targets": torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)}
+    task = Task(model, LossConfig(mosaic_weight=1.0, contrast_weight=0.0))
+    q = model.vision.layers[0].downsample.assign.q_proj.weight
+    before = q.detach().clone()
+    metrics = train_step(task, batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert set(metrics) >= {"loss", "loss_mosaic"} and math.isclose(metrics["loss"], metrics["loss_mosaic"])
+    assert not torch.equal(q.detach(), before)  # the assignment's queries moved: the term trains the grouping

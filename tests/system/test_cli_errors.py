@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("argv, message", [
     (["platform/pretrain.py", "loss.no_such_weight=1"], "pretrain: error: unknown config key(s) ['loss.no_such_weight']"),
     (["platform/pretrain.py", "loss.mosaic_layout=grid"], "pretrain: error: loss.mosaic_layout must be"),
-    (["platform/pretrain.py", "--config", "no-such-config"], "pretrain: error:"),
     (["tuning/sweep.py", "--space", "no-such-space"], "sweep: error: search space"),
-    (["tuning/sweep.py", "loss.group_usage_on=maybe"], "sweep: error: loss.group_usage_on must be"),
 ])
 def test_config_mistakes_are_one_line(argv, message):
     r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
