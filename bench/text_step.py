@@ -8,8 +8,10 @@ memory; then ``--steps`` training steps of each recipe run alternately (A, B, A,
 after one warm-up pass over them (which also fills the text cache, so the timed steps are the steady state of
 a run that has met these texts before: the synthetic world has a few thousand distinct texts and a run meets
 each many times). Printed: the median and mean step time of each, their ratio and the cache's hit rate.
-"random" is ``tiny`` as configured (a 2-layer 128-wide random BERT trained in stage 1, [CLS] pooling);
-"minilm" is ``tiny`` with the packaged MiniLM-L6 frozen in both stages, mean-pooled, its features cached.
+"random" is ``tiny`` with its random tower (a 2-layer 128-wide BERT trained in stage 1, [CLS] pooling: ``RANDOM``,
+which is also ``tiny`` as configured on 1 Dec 2026); "minilm" is ``tiny`` with the packaged MiniLM-L6 frozen in
+both stages, mean-pooled, its features cached and mapped to 128 by a trainable head (``MINILM``), plus
+``--minilm-extra``.
 
 Part 2 (``--paper-text``): the text side of one stage-2 step at the paper's sizes: BERT-base (12 x 768, random
 weights of the same shape: the cost does not depend on the values), 4 texts per sample (caption, masked
@@ -30,7 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MINILM = ["model.text.pretrained_dir=builtin:minilm", "model.text.pooling=mean", "model.text.freeze=true"]
+RANDOM = ["model.text.pretrained_dir=null", "model.text.width=128", "model.text.depth=2", "model.text.num_heads=4",
+          "model.text.mlp_dim=512", "model.text.dropout=0.0", "model.text.pooling=cls", "model.text.freeze=false",
+          "model.text.head_dim=null"]
+MINILM = ["model.text.pretrained_dir=builtin:minilm", "model.text.pooling=mean", "model.text.freeze=true",
+          "model.text.head_dim=128"]
 
 
 def _batches(cfg, n: int):
@@ -51,7 +57,7 @@ def _batches(cfg, n: int):
     return [b for _, b in zip(range(n), loader)]
 
 
-def step_times(steps: int, batches_n: int, overrides: list[str]) -> dict:
+def step_times(steps: int, batches_n: int, overrides: list[str], extra: list[str] = ()) -> dict:
     import torch
 
     from ovseg import build_model, load_config
@@ -59,7 +65,8 @@ def step_times(steps: int, batches_n: int, overrides: list[str]) -> dict:
     from ovseg.train.schedule import build_optimizer
     from ovseg.train.task import Task
 
-    recipes = {"random": load_config("tiny", overrides), "minilm": load_config("tiny", MINILM + overrides)}
+    recipes = {"random": load_config("tiny", RANDOM + overrides),
+               "minilm": load_config("tiny", MINILM + list(extra) + overrides)}
     batches = _batches(recipes["minilm"], batches_n)
     runs = {}
     for name, cfg in recipes.items():
@@ -118,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--paper-text", action="store_true")
     p.add_argument("--paper-batch", type=int, default=32)
     p.add_argument("--paper-tokens", type=int, default=20)
+    p.add_argument("--minilm-extra", nargs="*", default=[],
+                   help="overrides for the second recipe only (loss.mosaic_weight=1.0 ...)")
     p.add_argument("--out", default=None, help="append the result as one JSON line here")
     p.add_argument("overrides", nargs="*", help="config overrides applied to both recipes (train.batch_size=64)")
     args = p.parse_args(argv)
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
 
     res = {"date": datetime.date.today().isoformat(), "machine": platform.node(), "threads": torch.get_num_threads(),
            "command": " ".join(["python", "bench/text_step.py", *(argv if argv is not None else sys.argv[1:])]),
-           "tiny": step_times(args.steps, args.batches, args.overrides)}
+           "tiny": step_times(args.steps, args.batches, args.overrides, args.minilm_extra)}
     if args.paper_text:
         res["paper_stage2_text"] = paper_text(args.paper_batch, args.paper_tokens, 5)
     print(json.dumps(res, indent=1))
