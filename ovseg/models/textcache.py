@@ -52,6 +52,17 @@ def vocab_fingerprint(hf_tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
 
+def _padded(keys: list[bytes]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Cache keys (int64 id bytes) -> right-padded (ids, mask) int64 batches and each row's length."""
+    lens = [len(k) // 8 for k in keys]
+    ids = torch.zeros(len(keys), max(lens), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, k in enumerate(keys):
+        ids[r, :lens[r]] = torch.from_numpy(np.frombuffer(k, dtype=np.int64).copy())
+        mask[r, :lens[r]] = 1
+    return ids, mask, lens
+
+
 class TextFeatureCache:
     """(ids, mask) -> (pooled (B, W), tokens (B, L, W)) of a frozen tower, from memory where it can."""
 
@@ -153,13 +164,7 @@ class TextFeatureCache:
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if missing:
-            m_len = [len(k) // 8 for k in missing]
-            width = max(m_len)
-            m_ids = torch.zeros(len(missing), width, dtype=ids.dtype)
-            m_mask = torch.zeros(len(missing), width, dtype=mask.dtype)
-            for r, k in enumerate(missing):
-                m_ids[r, :m_len[r]] = torch.from_numpy(np.frombuffer(k, dtype=np.int64).copy())
-                m_mask[r, :m_len[r]] = 1
+            m_ids, m_mask, m_len = _padded(missing)
             pooled, tokens = compute(m_ids.to(ids.device), m_mask.to(mask.device))
             pooled, tokens = pooled.detach().cpu(), tokens.detach().cpu()
             fresh = {k: (pooled[r].clone(), tokens[r, :m_len[r]].clone()) for r, k in enumerate(missing)}
@@ -191,12 +196,7 @@ class TextFeatureCache:
         bar = tqdm(total=len(todo), desc="text cache", unit="text", disable=not progress, mininterval=2.0)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            lens = [len(k) // 8 for k in chunk]
-            ids = torch.zeros(len(chunk), max(lens), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, k in enumerate(chunk):
-                ids[r, :lens[r]] = torch.from_numpy(np.frombuffer(k, dtype=np.int64).copy())
-                mask[r, :lens[r]] = 1
+            ids, mask, lens = _padded(chunk)
             pooled, tokens = compute(ids.to(device), mask.to(device)) if device is not None else compute(ids, mask)
             pooled, tokens = pooled.detach().cpu(), tokens.detach().cpu()
             for r, k in enumerate(chunk):

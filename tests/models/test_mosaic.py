@@ -119,15 +119,19 @@ def test_a_group_spread_over_both_images_costs_more_than_localised_groups():
     assert math.isclose(float(mosaic_loss(spread, targets)), math.log(2), rel_tol=1e-4)
 
 
+def _four_image_batch(model):
+    """Four random images with captions naming cat / dog / car / cat and car, and the batch's three prompts."""
+    S = model.vision.cfg.img_size
+    ids, mask = model.tokenizer(["a cat", "a dog", "a car", "a cat and a car"])
+    c_ids, c_mask = model.tokenizer(["a photo of a cat.", "a photo of a dog.", "a photo of a car."])
+    return {"image": torch.randn(4, 3, S, S), "caption_ids": ids, "caption_mask": mask, "class_ids": c_ids,
+            "class_mask": c_mask,
+            "entity_targets": torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)}
+
+
 def test_task_adds_mosaics_only_when_the_term_is_on_and_the_model_scores_them(debug_model):
-    cfg = load_config("debug")
-    S = cfg.model.vision.img_size
-    tok = debug_model.tokenizer
-    ids, mask = tok(["a cat", "a dog", "a car", "a cat and a car"])
-    c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a car."])
-    batch = {"image": torch.randn(4, 3, S, S), "caption_ids": ids, "caption_mask": mask, "class_ids": c_ids,
-             "class_mask": c_mask,
-             "entity_targets": torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)}
+    S = load_config("debug").model.vision.img_size
+    batch = _four_image_batch(debug_model)
     assert "mosaic_image" not in Task(debug_model, LossConfig()).prepare(batch)
     no_targets = {k: v for k, v in batch.items() if k != "entity_targets"}
     assert "mosaic_image" not in Task(debug_model, LossConfig(mosaic_weight=1.0)).prepare(no_targets)
@@ -165,13 +169,7 @@ def test_a_training_step_with_the_mosaic_term_trains_through_it(debug_model):
     from ovseg.train.engine import train_step
 
     model = copy.deepcopy(debug_model).train()
-    S = model.vision.cfg.img_size
-    tok = model.tokenizer
-    ids, mask = tok(["a cat", "a dog", "a car", "a cat and a car"])
-    c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a car."])
-    batch = {"image": torch.randn(4, 3, S, S), "caption_ids": ids, "caption_mask": mask, "class_ids": c_ids,
-             "class_mask": c_mask,
-             "entity_targets": torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float)}
+    batch = _four_image_batch(model)
     task = Task(model, LossConfig(mosaic_weight=1.0, contrast_weight=0.0))
     q = model.vision.layers[0].downsample.assign.q_proj.weight
     before = q.detach().clone()
