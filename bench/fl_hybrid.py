@@ -1,13 +1,16 @@
 """Does hybrid data help? A caption-pretrained tiny model, then federations with the same rounds and sites:
-hybrid (2 caption + 2 segmentation sites) against caption-only (4 caption sites), on the synthetic world.
+caption-only (4 caption sites), hybrid (2 caption + 2 segmentation sites) and segmentation-only (4
+segmentation sites, the labelled upper reference), on the synthetic world.
 
     python bench/fl_hybrid.py [--init CKPT | --pretrain-steps 300] [--rounds 5] [--local-steps 20] \
-        [--seeds 0,1] [--out runs/bench-fl-hybrid] [--set eval.bg_thresh=0.2 ...]
+        [--seeds 0,1] [--setups caption-only,hybrid,segmentation-only] [--out runs/bench-fl-hybrid] \
+        [--set eval.bg_thresh=0.2 ...]
 
 Without --init, the tiny model is first pretrained on captions alone (stage 1, in-process) for
 --pretrain-steps steps and saved; every federation starts from that checkpoint. Each federation is a Flower
 simulation on Ray (the real ServerApp and ClientApp); its zero-shot mIoU on the world's held-out split comes
-from the server's round checkpoints. Prints a markdown table (mean and each seed) and the per-round curve.
+from the server's round checkpoints, and each segmentation site's mIoU on its own val/ split from the
+server's history. Prints a markdown table (mean and each seed) and the per-round curves; writes results.json.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_s
     run_simulation(make_server_app(rc), make_client_app(run_config=rc), num_supernodes=num,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": os.cpu_count() or 2, "num_gpus": 0}})
-    return [read_checkpoint(out / "runs" / name / f"round-{r:04d}.safetensors").metrics[KEY]
-            for r in range(rounds + 1)]
+    ckpts = [read_checkpoint(out / "runs" / name / f"round-{r:04d}.safetensors") for r in range(rounds + 1)]
+    sites_val = [h.get("site_val_miou", {}) for h in ckpts[-1].state.get("history", [])]
+    return [c.metrics[KEY] for c in ckpts], sites_val
 
 
 def main() -> None:
@@ -76,6 +80,7 @@ def main() -> None:
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--setups", default="caption-only,hybrid,segmentation-only")
     p.add_argument("--out", default="runs/bench-fl-hybrid")
     p.add_argument("--set", nargs="*", default=[], help="dotted run-config overrides for every federation")
     args = p.parse_args()
@@ -90,17 +95,27 @@ def main() -> None:
     world = ensure_synthetic_world(load_config("tiny"))
     init = find_checkpoint(args.init) if args.init else pretrain(out, args.pretrain_steps, 0)
     extra = flat_overrides(args.set)
-    setups = {"caption-only": ["caption"] * 4, "hybrid": ["caption", "caption", "segmentation", "segmentation"]}
+    known = {"caption-only": ["caption"] * 4, "hybrid": ["caption", "caption", "segmentation", "segmentation"],
+             "segmentation-only": ["segmentation"] * 4}
+    names = [s.strip() for s in args.setups.split(",") if s.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        p.error(f"--setups: unknown {bad}; choose from {sorted(known)}")
+    setups = {n: known[n] for n in names}
     results: dict[str, list[list[float]]] = {k: [] for k in setups}
+    site_val: dict[str, list] = {k: [] for k in setups}
     t0 = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, kinds in setups.items():
             sites = out / f"sites-{name}-s{seed}"
             if not (sites / "federation.json").is_file():
                 split_world(world, sites, kinds, alpha=args.alpha, seed=seed)
-            curve = federate(init, sites, f"{name}-s{seed}", out, args.rounds, args.local_steps, seed, extra)
+            curve, own = federate(init, sites, f"{name}-s{seed}", out, args.rounds, args.local_steps, seed, extra)
             results[name].append(curve)
+            site_val[name].append(own)
             print(f"{name} seed {seed}: " + " ".join(f"{v:.4f}" for v in curve), flush=True)
+            if any(own):
+                print(f"  sites' own val mIoU per round: {own}", flush=True)
     print(f"\n{args.rounds} rounds x {args.local_steps} local steps x 4 sites, batch 32, from {init} "
           f"({(time.perf_counter() - t0) / 60:.1f} min)\n")
     print("| federation | start mIoU | final mIoU (mean) | per seed |")
@@ -109,8 +124,15 @@ def main() -> None:
         finals = [c[-1] for c in curves]
         print(f"| {name} | {curves[0][0]:.4f} | {sum(finals) / len(finals):.4f} | "
               f"{', '.join(f'{v:.4f}' for v in finals)} |")
-    (out / "results.json").write_text(json.dumps({"rounds": args.rounds, "local_steps": args.local_steps,
-                                                  "init": str(init), "curves": results}, indent=2))
+    print("\n| federation | " + " | ".join(f"round {r}" for r in range(args.rounds + 1)) + " |")
+    print("|---|" + "---|" * (args.rounds + 1))
+    for name, curves in results.items():
+        mean = [sum(c[r] for c in curves) / len(curves) for r in range(args.rounds + 1)]
+        print(f"| {name} (mean) | " + " | ".join(f"{v:.4f}" for v in mean) + " |")
+    tmp = out / "results.json.partial"
+    tmp.write_text(json.dumps({"rounds": args.rounds, "local_steps": args.local_steps, "init": str(init),
+                               "seeds": args.seeds, "curves": results, "site_val_miou": site_val}, indent=2))
+    tmp.replace(out / "results.json")
 
 
 if __name__ == "__main__":

@@ -94,13 +94,21 @@ def mask_consistency_loss(pred: torch.Tensor, target: torch.Tensor, relevance: t
 
 
 def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor, labels: torch.Tensor, *,
-                         ignore_index: int = 255, dice_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy + Dice of per-pixel class logits against a label map.
+                         ignore_index: int = 255, dice_weight: float = 1.0, background_class: int | None = None,
+                         background_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy + Dice of per-pixel class logits against a label map, plus a background term.
 
     assign: (B, G, h, w) soft assignment of patches to groups; group_class_logits: (B, G, C) scaled
     group-class similarities; labels: (B, H, W) class indices, ``ignore_index`` for unlabelled pixels.
     Pixel logits are the assignment-weighted group logits, upsampled to the label size. Dice is averaged
     per mask: over every (image, class) pair whose class occurs in that image.
+
+    Background term (``background_class`` the index of the "background" class, weight > 0): zero-shot
+    evaluation has no background prompt; a pixel is background where its group's best probability over the
+    named classes is low. So on background pixels the term is ``-log(1 - max_c q_c)``, with q the
+    assignment-weighted mixture of the groups' softmax over the other classes: a background group must not
+    look like any class, which the cross-entropy alone does not ask (it only asks that the "background"
+    prompt win).
     """
     B, C = group_class_logits.shape[0], group_class_logits.shape[-1]
     valid = labels != ignore_index
@@ -115,7 +123,15 @@ def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor,
     onehot = F.one_hot(labels.long().clamp(0, C - 1), C).permute(0, 3, 1, 2).float() * valid[:, None]
     per_mask = dice_loss(probs.flatten(2).flatten(0, 1), onehot.flatten(2).flatten(0, 1))  # (B*C,)
     present = onehot.flatten(2).sum(-1).flatten() > 0
-    return ce + dice_weight * per_mask[present].mean()
+    total = ce + dice_weight * per_mask[present].mean()
+    if background_weight and background_class is not None and 0 <= background_class < C and C > 1:
+        bg = valid & (labels == background_class)
+        if bg.any():
+            named = [c for c in range(C) if c != background_class]
+            q = torch.einsum("bghw,bgc->bchw", assign, group_class_logits[..., named].float().softmax(-1))
+            best = q.amax(1)[bg]  # (n_bg,)
+            total = total + background_weight * -torch.log1p(-best.clamp(max=1 - 1e-6)).mean()
+    return total
 
 
 def multilabel_group_loss(group_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,14 @@ class LossConfig:
     group_ratio: float = 0.5  # this fraction of groups (the least entity-relevant) gets no mask gradient
     mask_size: int = 224  # masks are compared at this resolution
     seg_weight: float = 1.0  # supervised mask loss on segmentation data (cross-entropy + Dice)
+    # ... plus, on its background pixels, -log(1 - the best class probability) of the pixel's groups over the
+    # named classes: zero-shot evaluation finds background by that probability falling below a threshold,
+    # not by a "background" prompt (losses.supervised_mask_loss)
+    seg_background_weight: float = 1.0
+    # which assignment the supervised loss reads pixels' groups from: "hard" (the one-hot each patch's group is
+    # pooled with; straight-through gradients), as zero-shot evaluation reads each pixel's single best group,
+    # or "soft" (the softmax over groups: every group is pulled towards every pixel's class)
+    seg_assignment: str = "hard"
     # GroupViT's multi-label contrast of each image's best group with prompts of its caption's entities
     # (losses.multilabel_group_loss). Not part of OVSegmentor: 0 reproduces the paper.
     multilabel_weight: float = 0.0
@@ -125,6 +133,8 @@ class LossConfig:
     def __post_init__(self):
         if self.mosaic_layout not in ("paste", "side"):
             raise ValueError(f"loss.mosaic_layout must be 'paste' or 'side', got {self.mosaic_layout!r}")
+        if self.seg_assignment not in ("hard", "soft"):
+            raise ValueError(f"loss.seg_assignment must be 'hard' or 'soft', got {self.seg_assignment!r}")
         if self.group_usage_on not in ("hard", "soft"):
             raise ValueError(f"loss.group_usage_on must be 'hard' or 'soft', got {self.group_usage_on!r}")
 
@@ -234,6 +244,9 @@ class FedConfig:
     server_lr: float = 1e-2  # FedAdam's eta
     trim_beta: float = 0.2  # FedTrimmedAvg: fraction cut at each end
     train_text: bool = False  # the text tower stays frozen (and home) unless true
+    # BatchNorm layers that normalise with their running statistics during a site's round (and are not
+    # updated): module prefixes of the model, see OVSegmentor.set_frozen_norms
+    frozen_norms: tuple[str, ...] = ("text_projector",)
     transport: str = "float32"  # or "bfloat16": updates travel at half the bytes
     max_update_norm: float = 1e3  # L2 norm of (update - global) beyond which an update is refused
     min_sites: int = 2  # sites that must be connected before a round starts

@@ -109,7 +109,9 @@ class SegmentationKind(SiteKind):
     def batches(self, cfg, model, shards, seed):
         from ..data.segmentation.batches import SegBatchLoader
 
+        # the augmentation the config gives caption data: "flip" is a resize and a flip, no crop
+        scale = (1.0, 1.0) if cfg.data.augment == "flip" else (0.5, 1.0)
         loader = SegBatchLoader(shards, model.tokenizer.hf, image_size=cfg.model.vision.img_size,
                                 batch_size=cfg.fed.local_batch, seed=seed, max_length=cfg.model.text.max_length,
-                                shuffle=min(cfg.data.shuffle_buffer, 256))
+                                shuffle=min(cfg.data.shuffle_buffer, 256), scale=scale)
         return iter(loader), loader.counter.as_dict

@@ -70,6 +70,7 @@ def local_train(model: torch.nn.Module, cfg: Config, site: Site, *, steps: int, 
     """One round at a site: ``steps`` engine steps from the current (global) weights. Returns the mean of each
     reported metric, the example count and the skip count; the model is updated in place."""
     keys = exchange_keys(model, cfg)
+    model.set_frozen_norms(cfg.fed.frozen_norms)
     optimizer = build_optimizer(model, cfg.fed.lr, cfg.train.weight_decay)
     batches, skipped = KINDS[site.kind].batches(cfg, model, site.train_shards(), seed)
     extra = (proximal_term(model, get_tensors(model, keys), proximal_mu),) if proximal_mu > 0 else ()

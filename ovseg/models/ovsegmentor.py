@@ -52,6 +52,7 @@ class OVSegmentor(nn.Module):
         self.decoder = EntityDecoder(dt, dv, cfg.decoder_heads, cfg.decoder_depth, cfg.vision.norm_eps)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.logit_scale_init)))
         self.momentum_vision: GroupViT | None = None
+        self.frozen_norms: tuple[str, ...] = ()  # see set_frozen_norms
         self.load_reports: list = [self.text.load_report] if cfg.text.pretrained_dir and text_hf_config is None else []
 
     def load_vision_weights(self, path: str) -> LoadReport:
@@ -66,7 +67,24 @@ class OVSegmentor(nn.Module):
             # a frozen tower runs as at inference (no dropout): its text embeddings are fixed targets, and
             # dropout noise on them only blurs the class prompts the other losses align to
             self.text.eval()
+        if mode:
+            for name, m in self.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and name.startswith(self.frozen_norms):
+                    m.eval()
         return self
+
+    def set_frozen_norms(self, prefixes=()) -> None:
+        """BatchNorm layers under these module prefixes (``"text_projector"``...) normalise with their running
+        statistics in training too and never update them; their scale and shift still learn. A federated
+        site uses it for the text projector: its class-prompt batches (ten near-identical prompts) would
+        otherwise be normalised by their own statistics in training and by the caption statistics at
+        evaluation, so the class embeddings the supervised loss trains are not the ones zero-shot reads."""
+        names = {n for n, _ in self.named_children()}
+        bad = [p for p in prefixes if p.split(".")[0] not in names]
+        if bad:
+            raise ValueError(f"frozen norms: no module {bad} in the model (its modules: {sorted(names)})")
+        self.frozen_norms = tuple(prefixes)
+        self.train(self.training)
 
     # ------------------------------------------------------------------ towers
     def scale(self) -> torch.Tensor:

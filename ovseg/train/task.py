@@ -115,7 +115,11 @@ def _usage(out, batch, ctx):
 def _seg(out, batch, ctx):
     if "group_class_logits" not in out or batch.get("label") is None:
         return None
-    return supervised_mask_loss(out["assign"], out["group_class_logits"], batch["label"])
+    bg = batch.get("background_class")  # index of "background" in the batch's classes, -1 when none
+    assign = out["assign_hard"] if ctx.cfg.seg_assignment == "hard" else out["assign"]
+    return supervised_mask_loss(assign, out["group_class_logits"], batch["label"],
+                                background_class=None if bg is None or int(bg) < 0 else int(bg),
+                                background_weight=ctx.cfg.seg_background_weight)
 
 
 LOSS_TERMS: tuple[LossTerm, ...] = (

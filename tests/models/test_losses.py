@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +113,50 @@ def test_supervised_mask_loss_matches_a_pixel_loop():
             for c in range(3) if sum(onehot[c]) > 0]
     expected = sum(ce) / len(ce) + sum(dice) / len(dice)
     assert abs(got.item() - expected) < 1e-5
+
+
+def test_supervised_mask_loss_background_term_matches_a_pixel_loop():
+    # on pixels labelled background (class 1 here), -log(1 - max_c q_c) with q the assignment-weighted mixture
+    # of each group's softmax over the other classes (0 and 2), averaged over those pixels
+    torch.manual_seed(7)
+    assign = torch.rand(1, 2, 2, 3).softmax(1)
+    glogits = torch.randn(1, 2, 3) * 3
+    labels = torch.tensor([[[1, 2, 255], [1, 0, 1]]])
+    base = supervised_mask_loss(assign, glogits, labels)
+    got = supervised_mask_loss(assign, glogits, labels, background_class=1, background_weight=0.5) - base
+    terms = []
+    for y in range(2):
+        for x in range(3):
+            if labels[0, y, x] != 1:
+                continue
+            q = {c: 0.0 for c in (0, 2)}
+            for g in range(2):
+                z = sum(math.exp(float(glogits[0, g, c])) for c in (0, 2))
+                for c in (0, 2):
+                    q[c] += float(assign[0, g, y, x]) * math.exp(float(glogits[0, g, c])) / z
+            terms.append(-math.log(1 - max(q.values())))
+    assert len(terms) == 3
+    assert abs(got.item() - 0.5 * sum(terms) / len(terms)) < 1e-5
+    # no background pixel, no background class, or weight 0: the term is absent
+    fg_only = torch.tensor([[[0, 2, 255], [2, 0, 2]]])
+    assert supervised_mask_loss(assign, glogits, fg_only, background_class=1, background_weight=1.0).item() == \
+        pytest.approx(supervised_mask_loss(assign, glogits, fg_only).item(), abs=1e-6)
+    assert supervised_mask_loss(assign, glogits, labels, background_class=None, background_weight=1.0).item() == \
+        pytest.approx(base.item(), abs=1e-6)
+
+
+def test_background_term_prefers_a_flat_background_group():
+    # one group per region; the background group scoring the named classes evenly costs less than one that
+    # looks like a class, though the cross-entropy part is the same for both
+    assign = torch.zeros(1, 2, 1, 2)
+    assign[0, 0, 0, 0] = assign[0, 1, 0, 1] = 1.0
+    labels = torch.tensor([[[0, 1]]])  # pixel 0: background (class 0), pixel 1: class 1
+    flat = torch.tensor([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
+    peaked = torch.tensor([[[5.0, 4.0, -4.0], [0.0, 5.0, 0.0]]])
+    cost = [supervised_mask_loss(assign, g, labels, background_class=0, background_weight=1.0)
+            - supervised_mask_loss(assign, g, labels) for g in (flat, peaked)]
+    assert cost[0].item() == pytest.approx(math.log(2), abs=1e-5)  # q = (0.5, 0.5): -log(1 - 0.5)
+    assert cost[1].item() > 3.0
 
 
 def test_supervised_mask_loss_rejects_labels_outside_the_class_list():

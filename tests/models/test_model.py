@@ -203,3 +203,36 @@ def test_conv_stem_gives_the_patch_grid_and_drops_partial_patches():
     assert tower(torch.randn(1, 3, 12 * P, 8 * P)).grid == (12, 8)
     with pytest.raises(ValueError, match="stem"):
         GroupViT(load_config("debug", ["model.vision.stem=cnn"]).model.vision)
+
+
+def test_frozen_norms_normalise_with_running_statistics_in_training():
+    torch.manual_seed(0)
+    m = build_model(CFG)
+    tok = m.tokenizer
+    ids, mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a bus."])
+    bn = [x for x in m.text_projector.modules() if isinstance(x, torch.nn.BatchNorm1d)]
+    img_bn = [x for x in m.img_projector.modules() if isinstance(x, torch.nn.BatchNorm1d)]
+    assert bn and img_bn
+    with torch.no_grad():  # give the statistics values of their own, so that "unchanged" says something
+        for b in bn + img_bn:
+            b.running_mean.normal_()
+            b.running_var.uniform_(0.5, 2.0)
+    m.eval()
+    with torch.no_grad():
+        at_eval = m.encode_text(ids, mask)
+    m.set_frozen_norms(("text_projector",))
+    m.train()
+    assert all(not b.training for b in bn) and all(b.training for b in img_bn) and m.training
+    before = [b.running_mean.clone() for b in bn]
+    img_before = [b.running_mean.clone() for b in img_bn]
+    trained = m.encode_text(ids, mask)  # the frozen text tower runs as at inference; its projector's norm too
+    m.encode_image(torch.randn(4, 3, S, S))
+    assert torch.allclose(trained, at_eval, atol=1e-6)
+    assert all(torch.equal(b.running_mean, x) for b, x in zip(bn, before))
+    assert not all(torch.equal(b.running_mean, x) for b, x in zip(img_bn, img_before))
+    trained.sum().backward()  # the norm's scale and shift still learn
+    assert all(b.weight.grad is not None for b in bn)
+    m.set_frozen_norms(())
+    assert all(b.training for b in bn)
+    with pytest.raises(ValueError, match="no module"):
+        m.set_frozen_norms(("txt_projector",))

@@ -143,6 +143,9 @@ class SegBatchLoader:
             "class_mask": torch.tensor([p[1] for p in prompts], dtype=torch.long),
             "caption_valid": torch.tensor(caption_valid, dtype=torch.bool),
             "has_entity": torch.tensor([ex["has_entity"] for ex in examples], dtype=torch.bool),
+            # where the supervised loss's background term applies (-1: no class of the batch is background)
+            "background_class": torch.tensor(next((i for n, i in vocab.items() if n.lower() in BACKGROUND_NAMES),
+                                                  -1), dtype=torch.long),
         }
         for name in ("caption_ids", "caption_mask", "question_ids", "question_mask", "answer_ids", "answer_mask"):
             batch[name] = torch.tensor([ex[name] for ex in examples], dtype=torch.long)

@@ -80,6 +80,7 @@ class GuardedStrategy(fl_strategy.Strategy):
         self.inner, self.cfg, self.keys, self.tracker, self.offset = inner, cfg, keys, tracker, step_offset
         self.reference: dict[str, np.ndarray] = {}
         self.refusals: list[dict] = []
+        self.site_eval: list[dict] = []  # per round: {"round": r, "<node id>": own val mIoU, ...}
 
     def summary(self) -> None:
         self.inner.summary()
@@ -135,9 +136,27 @@ class GuardedStrategy(fl_strategy.Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        step = self.offset + server_round
+        own = {}  # each site's mIoU on its own labelled split: what the federation did for its data
+        for msg in replies:
+            if msg.has_error():
+                continue
+            try:
+                m = next(iter(msg.content.metric_records.values()))
+                n, value = float(m.get("num-examples", 0.0)), float(m.get("site-miou", float("nan")))
+            except (StopIteration, TypeError, ValueError):
+                continue
+            if n > 0 and np.isfinite(value):
+                own[int(msg.metadata.src_node_id)] = value
+        if own:
+            self.site_eval.append({"round": step, **{str(k): v for k, v in sorted(own.items())}})
+            self.tracker.log_metrics({f"site/{node}/val_miou": v for node, v in own.items()}, step)
+            print(f"[ovseg-fl] round {step}: sites' own val mIoU " +
+                  ", ".join(f"{node}: {v:.4f}" for node, v in sorted(own.items())), flush=True)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if metrics is not None and "site-miou" in metrics:
-            self.tracker.log_metrics({"fed/site_miou": float(metrics["site-miou"])}, self.offset + server_round)
+            self.tracker.log_metrics({"fed/site_miou": float(metrics["site-miou"])}, step)
         return metrics
 
     def _refuse(self, step: int, node: int, reason: str) -> None:
