@@ -5,6 +5,7 @@ segmentation sites, the labelled upper reference), on the synthetic world.
     python bench/fl_hybrid.py [--init CKPT | --pretrain-steps 300] [--rounds 5] [--local-steps 20] \
         [--seeds 0,1] [--setups caption-only,hybrid,segmentation-only] [--out runs/bench-fl-hybrid] \
         [--set eval.bg_thresh=0.2 ...]
+    python bench/fl_hybrid.py --plot runs/bench-fl-hybrid/results.json [--png OUT.png]   # the curves again
 
 Without --init, the tiny model is first pretrained on captions alone (stage 1, in-process) for
 --pretrain-steps steps and saved; every federation starts from that checkpoint. Each federation is a Flower
@@ -71,6 +72,32 @@ def federate(init: Path, sites: Path, name: str, out: Path, rounds: int, local_s
     return [c.metrics[KEY] for c in ckpts], sites_val
 
 
+def plot(results: dict, png: Path) -> None:
+    """Zero-shot mIoU against round: each seed thin, the mean thick, one colour per federation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, (name, curves) in enumerate(results["curves"].items()):
+        colour = f"C{i}"
+        for c in curves:
+            ax.plot(range(len(c)), c, color=colour, alpha=0.3, lw=1)
+        mean = [sum(c[r] for c in curves) / len(curves) for r in range(len(curves[0]))]
+        ax.plot(range(len(mean)), mean, color=colour, lw=2.5, label=f"{name} (mean of {len(curves)})")
+    ax.set_xlabel("round")
+    ax.set_ylabel("zero-shot mIoU (synthetic val)")
+    ax.set_title(f"{results['rounds']} rounds x {results['local_steps']} local steps x 4 sites")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.name + ".partial.png")
+    fig.savefig(tmp)
+    tmp.replace(png)
+    print(f"wrote {png}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--init", default=None,
@@ -83,7 +110,15 @@ def main() -> None:
     p.add_argument("--setups", default="caption-only,hybrid,segmentation-only")
     p.add_argument("--out", default="runs/bench-fl-hybrid")
     p.add_argument("--set", nargs="*", default=[], help="dotted run-config overrides for every federation")
+    p.add_argument("--plot", default=None, help="only draw the curves of an earlier run's results.json")
+    p.add_argument("--png", default=None, help="where the curves go (default: next to results.json)")
     args = p.parse_args()
+    if args.plot:
+        src = Path(args.plot)
+        if not src.is_file():
+            p.error(f"--plot: {src} does not exist")
+        plot(json.loads(src.read_text()), Path(args.png) if args.png else src.with_name("fl-hybrid-curve.png"))
+        return
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     from ovseg.checkpoint import find_checkpoint
     from ovseg.config import flat_overrides, load_config
@@ -133,6 +168,7 @@ def main() -> None:
     tmp.write_text(json.dumps({"rounds": args.rounds, "local_steps": args.local_steps, "init": str(init),
                                "seeds": args.seeds, "curves": results, "site_val_miou": site_val}, indent=2))
     tmp.replace(out / "results.json")
+    plot(json.loads((out / "results.json").read_text()), out / "fl-hybrid-curve.png")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ def test_collate_maps_each_sites_classes_into_the_batch_vocabulary(debug_model):
     expect = loader.builder.tokenize(PROMPT.format("sky"))["input_ids"]
     assert ids[3].tolist() == expect[: ids.shape[1]] and not any(expect[ids.shape[1]:])  # trimmed padding only
     assert batch["caption_valid"].tolist() == [True, True, False]  # the repeated caption leaves the contrast
+    assert int(batch["background_class"]) == 0  # where the background term applies
+    d = ex(["cat", "dog"], [[0, 1], [1, 0]], "a photo of a cat and a dog.")
+    assert int(loader.collate([d])["background_class"]) == -1  # no class of this batch is background
     assert caption_from_classes(["cat", "dog"]) == "a photo of a cat and a dog." and caption_from_classes([]) == ""
 
 

@@ -1,5 +1,6 @@
 """Losses against plain references written out here: loops, brute force over permutations, hand-worked numbers."""
 
+import dataclasses
 import itertools
 import math
 
@@ -354,3 +355,26 @@ def test_group_usage_term_reads_the_assignment_the_groups_were_pooled_with():
     _, on_soft = compute_losses(out, LossConfig(group_usage_weight=1.0))  # the default
     assert math.isclose(float(on_hard["loss_usage"]), math.log(3), rel_tol=1e-6)
     assert abs(float(on_soft["loss_usage"])) < 1e-6
+
+
+def test_seg_term_reads_the_configured_assignment_and_the_batch_background_class():
+    torch.manual_seed(3)
+    soft = torch.rand(2, 3, 2, 2).softmax(1)
+    hard = F.one_hot(soft.argmax(1), 3).permute(0, 3, 1, 2).float()
+    glogits = torch.randn(2, 3, 4) * 3
+    labels = torch.tensor([[[0, 1], [2, 0]], [[3, 3], [0, 255]]])
+    out = {"image_emb": F.normalize(torch.randn(2, 4), dim=-1), "text_emb": F.normalize(torch.randn(2, 4), dim=-1),
+           "logit_scale": torch.tensor(10.0), "assign": soft, "assign_hard": hard, "group_class_logits": glogits}
+    batch = {"label": labels, "background_class": torch.tensor(0)}
+    cfg = LossConfig(contrast_weight=0.0, seg_background_weight=0.5)
+    _, hard_parts = compute_losses(out, cfg, batch)  # hard is the default
+    _, soft_parts = compute_losses(out, dataclasses.replace(cfg, seg_assignment="soft"), batch)
+    _, no_bg = compute_losses(out, cfg, {**batch, "background_class": torch.tensor(-1)})
+    expect = supervised_mask_loss(hard, glogits, labels, background_class=0, background_weight=0.5)
+    assert torch.allclose(hard_parts["loss_seg"], expect)
+    assert torch.allclose(soft_parts["loss_seg"],
+                          supervised_mask_loss(soft, glogits, labels, background_class=0, background_weight=0.5))
+    assert torch.allclose(no_bg["loss_seg"], supervised_mask_loss(hard, glogits, labels))
+    assert not torch.allclose(hard_parts["loss_seg"], soft_parts["loss_seg"])
+    with pytest.raises(ValueError, match="seg_assignment"):
+        LossConfig(seg_assignment="mixed")
