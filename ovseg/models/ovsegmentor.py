@@ -67,7 +67,7 @@ class OVSegmentor(nn.Module):
             # a frozen tower runs as at inference (no dropout): its text embeddings are fixed targets, and
             # dropout noise on them only blurs the class prompts the other losses align to
             self.text.eval()
-        if mode:
+        if mode and self.frozen_norms:
             for name, m in self.named_modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and name.startswith(self.frozen_norms):
                     m.eval()
