@@ -98,7 +98,8 @@ def supervised_mask_loss(assign: torch.Tensor, group_class_logits: torch.Tensor,
                          background_weight: float = 0.0) -> torch.Tensor:
     """Cross-entropy + Dice of per-pixel class logits against a label map, plus a background term.
 
-    assign: (B, G, h, w) soft assignment of patches to groups; group_class_logits: (B, G, C) scaled
+    assign: (B, G, h, w) assignment of patches to groups (soft, or the straight-through one-hot that the
+    training default reads: ``loss.seg_assignment``); group_class_logits: (B, G, C) scaled
     group-class similarities; labels: (B, H, W) class indices, ``ignore_index`` for unlabelled pixels.
     Pixel logits are the assignment-weighted group logits, upsampled to the label size. Dice is averaged
     per mask: over every (image, class) pair whose class occurs in that image.
