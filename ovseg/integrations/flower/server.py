@@ -68,9 +68,9 @@ def run_server(grid: Grid, run_config: dict) -> dict:
         set_tensors(model, record_to_tensors(arrays), keys)
         metrics, _ = evaluate_and_log(model, eval_sets, tracker, step, cfg.eval, label=f"round{step:04d}",
                                       where=f"round {step}")
-        own = next((e for e in strategy.site_eval if e["round"] == step), None)  # sites evaluated before this
+        own = strategy.site_eval.get(step)  # the sites evaluated this round's model before the server does
         history.append({"round": step, **{k: v for k, v in metrics.items() if k.endswith("/miou")},
-                        **({"site_val_miou": {k: v for k, v in own.items() if k != "round"}} if own else {})})
+                        **({"site_val_miou": own} if own else {})})
         path = save_checkpoint(ckpt_dir / ROUND_FILE.format(step), model, cfg, step, metrics,
                                state={"round": step, "mlflow_run_id": tracker.run_id, "history": history})
         if step == cfg.fed.rounds:

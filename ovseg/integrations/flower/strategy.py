@@ -62,14 +62,21 @@ def build_strategy(cfg: Config) -> fl_strategy.Strategy:
     return inner
 
 
+def site_score(content: RecordDict, weight_key: str = "num-examples") -> tuple[float, float] | None:
+    """(example count, mIoU) of one site's evaluate reply; None when it has no labelled split or no score."""
+    try:
+        m = next(iter(content.metric_records.values()))
+        n = float(m.get(weight_key, 0.0))
+        return (n, float(m["site-miou"])) if n > 0 and "site-miou" in m else None
+    except (StopIteration, TypeError, ValueError):
+        return None
+
+
 def aggregate_site_eval(contents: list[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted mean of the sites' own mIoU over the sites that have a labelled split."""
-    total, acc = 0.0, 0.0
-    for c in contents:
-        m = next(iter(c.metric_records.values()))
-        n = float(m.get(weight_key, 0.0))
-        if n > 0 and "site-miou" in m:
-            total, acc = total + n, acc + n * float(m["site-miou"])
+    scores = [s for s in (site_score(c, weight_key) for c in contents) if s is not None]
+    total = sum(n for n, _ in scores)
+    acc = sum(n * v for n, v in scores)
     return MetricRecord({"site-miou": acc / total, "num-examples": total} if total else {"num-examples": 0.0})
 
 
@@ -80,7 +87,7 @@ class GuardedStrategy(fl_strategy.Strategy):
         self.inner, self.cfg, self.keys, self.tracker, self.offset = inner, cfg, keys, tracker, step_offset
         self.reference: dict[str, np.ndarray] = {}
         self.refusals: list[dict] = []
-        self.site_eval: list[dict] = []  # per round: {"round": r, "<node id>": own val mIoU, ...}
+        self.site_eval: dict[int, dict[str, float]] = {}  # round -> {"<node id>": its own val mIoU}
 
     def summary(self) -> None:
         self.inner.summary()
@@ -140,17 +147,11 @@ class GuardedStrategy(fl_strategy.Strategy):
         step = self.offset + server_round
         own = {}  # each site's mIoU on its own labelled split: what the federation did for its data
         for msg in replies:
-            if msg.has_error():
-                continue
-            try:
-                m = next(iter(msg.content.metric_records.values()))
-                n, value = float(m.get("num-examples", 0.0)), float(m.get("site-miou", float("nan")))
-            except (StopIteration, TypeError, ValueError):
-                continue
-            if n > 0 and np.isfinite(value):
-                own[int(msg.metadata.src_node_id)] = value
+            score = None if msg.has_error() else site_score(msg.content)
+            if score is not None and np.isfinite(score[1]):
+                own[int(msg.metadata.src_node_id)] = score[1]
         if own:
-            self.site_eval.append({"round": step, **{str(k): v for k, v in sorted(own.items())}})
+            self.site_eval[step] = {str(k): v for k, v in sorted(own.items())}
             self.tracker.log_metrics({f"site/{node}/val_miou": v for node, v in own.items()}, step)
             print(f"[ovseg-fl] round {step}: sites' own val mIoU " +
                   ", ".join(f"{node}: {v:.4f}" for node, v in sorted(own.items())), flush=True)
