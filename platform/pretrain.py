@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config_file or args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as exn:  # a mistake in the config or the overrides: one line
+        from ovseg.train.pretrain import check_data
+
+        check_data(cfg)  # shards that exist, epochs whose length is known: before any worker starts
+    except (ValueError, FileNotFoundError) as exn:  # a mistake in the config, the overrides or the data: one line
         print(f"pretrain: error: {exn}", file=sys.stderr)
         return 2
 

@@ -180,7 +180,9 @@ class DataConfig:
     synthetic_max_objects: int = 4  # objects per image: 1 to this many
     loader_workers: int = 2  # DataLoader processes per training worker
     shuffle_buffer: int = 2000
-    epoch_length: int | None = None  # batches per epoch per rank; default: synthetic_train / global batch
+    # batches per epoch per rank; default: real shards' own counts (summary.json / *_stats.json; an error when
+    # a shard has none), the synthetic world's synthetic_train / global batch
+    epoch_length: int | None = None
     # "paper": stage 1 RandAugment + erasing + crop 0.08-1, stage 2 crop 0.4-1 + flip; "light": crop 0.4-1 + flip
     # in both stages; "flip": a horizontal flip only (small synthetic images: a crop can cut out a named object)
     augment: str = "paper"

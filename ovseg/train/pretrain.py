@@ -61,6 +61,28 @@ def train_urls(cfg: Config) -> list[str]:
     return sorted(str(p) for p in root.glob("*.tar"))
 
 
+def epoch_length(cfg: Config, batch: int, world_size: int) -> int:
+    """Batches per epoch per rank: ``data.epoch_length``, else the real shards' own sample counts
+    (``captions.epoch``: an error naming the shard when one has none), else the synthetic world's size."""
+    if cfg.data.epoch_length:
+        return cfg.data.epoch_length
+    if cfg.data.train:
+        from ..data.captions.epoch import epoch_batches
+
+        return epoch_batches(train_urls(cfg), batch, world_size)
+    return max(1, cfg.data.synthetic_train // (batch * world_size))
+
+
+def check_data(cfg: Config) -> None:
+    """The data checks a user can act on, run on the driver before any worker starts: real shards exist and
+    each stage's epoch length can be known (``ValueError`` / ``FileNotFoundError`` naming what is wrong)."""
+    if not cfg.data.train:
+        return
+    world = max(1, cfg.train.num_workers)
+    for batch in {cfg.train.batch_size, cfg.train.stage2_batch_size or cfg.train.batch_size}:
+        epoch_length(cfg, batch, world)
+
+
 class Pretrainer:
     def __init__(self, cfg: Config, env: WorkerEnv, tracker=None):
         self.cfg, self.env = cfg, env
@@ -175,7 +197,7 @@ class Pretrainer:
 
         cfg = self.cfg
         aug_stage = transform_kind(cfg.data.augment, stage)
-        epoch_len = cfg.data.epoch_length or max(1, cfg.data.synthetic_train // (batch * self.env.world_size))
+        epoch_len = epoch_length(cfg, batch, self.env.world_size)
         return build_caption_loader(
             train_urls(cfg), self.model.tokenizer.hf, batch_size=batch, image_size=cfg.model.vision.img_size,
             stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,

@@ -78,8 +78,9 @@ def _annotated_json(raw: dict, spans: list, pairs: list) -> bytes:
     return json.dumps(meta, ensure_ascii=False).encode("utf-8")
 
 
-def _write_shard(task: tuple) -> list[str]:
-    """Pass 2 on one shard: stream kept samples, with annotated json, into one or more output shards."""
+def _write_shard(task: tuple) -> list[tuple[str, int]]:
+    """Pass 2 on one shard: stream kept samples, with annotated json, into one or more output shards;
+    ``[(output path, samples in it)]`` (the counts go to the summary: the loader's epoch length)."""
     url, out_dir, annotations, shard_size = task
 
     def kept():
@@ -97,8 +98,16 @@ def _write_shard(task: tuple) -> list[str]:
     for first in stream:  # one output shard per turn; nothing is written for a shard that keeps nothing
         chunk = itertools.chain([first], itertools.islice(stream, shard_size - 1) if shard_size else stream)
         name = f"{output_stem(url)}-{len(outputs):04d}.tar" if shard_size else f"{output_stem(url)}.tar"
+        written = [0]
+
+        def counted(samples):
+            for sample in samples:
+                written[0] += 1
+                yield sample
+
         # perm 0o666 (less the umask): output shards are created as ``open`` creates files, readable by others.
-        outputs.append(str(write_tar(Path(out_dir) / name, sample_members(chunk), perm=0o666)))
+        path = write_tar(Path(out_dir) / name, sample_members(counted(chunk)), perm=0o666)
+        outputs.append((str(path), written[0]))
     return outputs
 
 
@@ -135,7 +144,9 @@ def _summary(read: int, kept: dict, dropped: Counter, pairs: dict, k: int, seed:
     per_entity = Counter(e for spans in kept.values() for e in unique_entities(spans))
     return {"samples_read": read, "kept": len(kept), "dropped": dict(sorted(dropped.items())),
             "entities": dict(per_entity.most_common()), "pairs_per_sample": k, "seed": seed,
-            "without_pair": sum(1 for v in pairs.values() if not v), "outputs": outputs}
+            "without_pair": sum(1 for v in pairs.values() if not v), "outputs": [p for p, _ in outputs],
+            # samples per output shard, by file name: the training loader's epoch length (captions.epoch)
+            "output_samples": {os.path.basename(p): n for p, n in outputs}}
 
 
 def prepare_shards(urls: list[str], out_dir: Path, vocab: EntityVocab, *, workers: int, shard_size: int | None,
@@ -210,7 +221,7 @@ def prepare_table(path: Path, out_dir: Path, vocab: EntityVocab, *, workers: int
                 for key, row in kept_rows]
     target = out_dir / path.name
     _write_table(target, out_rows, columns + ["entities", "entity_spans", "pair_keys", "pair_entities"])
-    return _summary(len(rows), kept, dropped, partners, pairs, seed, [str(target)])
+    return _summary(len(rows), kept, dropped, partners, pairs, seed, [(str(target), len(kept))])
 
 
 def _write_table(target: Path, rows: list[dict], columns: list[str]) -> None:
