@@ -9,7 +9,8 @@ The protocol (short side, window, stride, prompt templates, top-k filter, backgr
 stored in the checkpoint's config (``eval.*``), so the numbers equal what the pretraining run logged; dotted
 ``eval.*`` overrides change it (``eval.short_side=448``). A bare ``synthetic`` is the synthetic world the run
 trained on. Datasets: voc, voc20, context60, context59, coco_object, ade20k, synthetic, synthetic-unseen
-(``name=PATH``).
+(``name=PATH``). ``--workers N`` scores with N processes (one per GPU when there are N), each its share
+of every dataset's images; the confusion matrices are summed, so the metrics are the same.
 
 Open vocabulary: ``--class-names voc=voc-synonyms.yaml`` also scores VOC with every class prompted by the
 file's name (``{aeroplane: airliner, ...}``), logged as ``voc-voc-synonyms``; ``synthetic-unseen`` is the
@@ -25,28 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 import argparse
 import json
 import sys
-
-
-def _benchmarks(specs, cfg):
-    from ovseg.data.benchmarks.registry import build_benchmark
-    from ovseg.data.synthetic.world import ensure_synthetic_world, synthetic_root
-
-    out = []
-    for spec in specs:
-        name, sep, root = (s.strip() for s in spec.partition("="))
-        if not sep:
-            if name not in ("synthetic", "synthetic-unseen"):
-                raise ValueError(f"--dataset {spec}: give the data folder as {name}=/path (only the synthetic "
-                                 "world's splits have a default)")
-            world = synthetic_root(cfg)
-            if not (world / "val").is_dir():
-                if cfg.data.synthetic_dir:
-                    raise FileNotFoundError(f"--dataset synthetic: the checkpoint's world {world} is not on this "
-                                            "machine; give its val folder as synthetic=PATH")
-                world = ensure_synthetic_world(cfg)  # the default world is deterministic for its seed and sizes
-            root = str(world / "val")
-        out.append(build_benchmark(name, root))
-    return out
 
 
 def _table(res) -> str:
@@ -68,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                         "canonical -> new name, or one name per line in class order); default: eval.class_names")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--max-images", type=int, default=None, help="first N images per dataset (default: eval.max_images)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="score with N processes, each its share of every dataset (one per GPU when there are N; "
+                        "on CPU they divide the cores); the metrics equal one process's")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI; unset: no logging)")
     p.add_argument("--experiment", default="ovseg-eval")
     p.add_argument("--output", default=None, help="also write the metrics as JSON here")
@@ -80,21 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from ovseg.checkpoint import find_checkpoint, model_from_checkpoint, read_checkpoint
-    from ovseg.config import Config, flatten, from_dict, merge_dicts, parse_overrides, to_dict
+    from ovseg.checkpoint import find_checkpoint
+    from ovseg.config import flatten
     from ovseg.data.shardio import atomic_write_bytes
-    from ovseg.eval.evaluate import describe_protocol, with_class_names
-    from ovseg.eval.report import evaluate_and_log
+    from ovseg.eval.evaluate import describe_protocol
+    from ovseg.eval.parallel import EvalJob, evaluate_checkpoint, load
     from ovseg.tracking import MlflowTracker, NullTracker
 
     try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
         path = find_checkpoint(args.checkpoint)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        ckpt = read_checkpoint(path)
-        model = model_from_checkpoint(ckpt).to(device)
-        cfg = from_dict(Config, merge_dicts(to_dict(ckpt.config), parse_overrides(args.overrides)))
-        benches = with_class_names(_benchmarks(args.dataset or cfg.eval.datasets, cfg),
-                                   args.class_names if args.class_names is not None else cfg.eval.class_names)
+        job = EvalJob(str(path), tuple(args.overrides), tuple(args.dataset) if args.dataset else None,
+                      tuple(args.class_names) if args.class_names is not None else None, args.max_images)
+        loaded = load(job, device)
+        ckpt, cfg = loaded[0], loaded[1]
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -108,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                                 tags=tags)
         tracker.log_params({"checkpoint": str(path.resolve()), "checkpoint_step": step, "device": str(device),
                             **{k: v for k, v in flatten(cfg).items() if k.startswith(("eval.", "model."))}})
-    print(f"[ovseg] checkpoint {path} (step {step}, config {cfg.name}) on {device}", flush=True)
-    max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
+    where = f"{device}" if args.workers == 1 else f"{args.workers} processes on {device}"
+    print(f"[ovseg] checkpoint {path} (step {step}, config {cfg.name}) on {where}", flush=True)
     bars = []
 
     def progress(bench, n):
@@ -117,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         bars.append(tqdm(total=n, desc=bench.name, unit="img", file=sys.stderr, mininterval=2.0))
         return lambda i: bars[-1].update(1)
 
-    metrics, results = evaluate_and_log(model, benches, tracker, step, cfg.eval, where=f"step {step}",
-                                        max_images=max_images, progress=progress)
+    metrics, results, _, _ = evaluate_checkpoint(job, device=device, workers=args.workers, tracker=tracker,
+                                                 progress=progress, loaded=loaded)
     for bar in bars:
         bar.close()
     for res in results:

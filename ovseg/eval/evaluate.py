@@ -52,26 +52,37 @@ def _metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name.strip())
 
 
+def share(n: int, part: int, parts: int) -> range:
+    """Part ``part`` of ``parts`` of the image indices ``0..n-1``: contiguous blocks whose sizes differ by at
+    most one, the same split on every process; part 0 starts at image 0 (so the overlays are today's)."""
+    if not 0 <= part < parts:
+        raise ValueError(f"evaluation part {part} is outside 0..{parts - 1}")
+    return range(part * n // parts, (part + 1) * n // parts)
+
+
 @torch.no_grad()
 def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: int | None = None,
              num_overlays: int = 0, bg_thresh: float | None = None,
-             on_image: Callable[[int], None] | None = None) -> EvalResult:
+             on_image: Callable[[int], None] | None = None, part: tuple[int, int] = (0, 1)) -> EvalResult:
     """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it.
 
     ``protocol``: the ``eval`` section of a config (GroupViT's values when None). ``bg_thresh`` overrides the
     benchmark's own background threshold. ``on_image(i)`` is called after image ``i`` is scored (progress bars).
+    ``part=(k, K)``: score only the k-th of K shares of the images (``share``); the K confusion matrices
+    summed are the whole benchmark's (``num_images`` is then this share's count).
     """
     names = list(bench.class_names)
     thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
     cm = ConfusionMatrix(len(names), IGNORE)
     overlays = []
     n = len(bench) if max_images is None else min(len(bench), max_images)
+    indices = share(n, *part)
     bank = TextBank()
     was_training = model.training
     if was_training:
         model.eval()
     try:
-        for i in range(n):
+        for i in indices:
             image, label, _ = bench[i]
             pred = segment(model, image, names, protocol=protocol, bank=bank, bg_thresh=thr)
             cm.update(pred, label)
@@ -82,7 +93,7 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
     finally:
         if was_training:
             model.train()
-    return EvalResult(getattr(bench, "name", "dataset"), names, cm, n, overlays)
+    return EvalResult(getattr(bench, "name", "dataset"), names, cm, len(indices), overlays)
 
 
 def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:

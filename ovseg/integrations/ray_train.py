@@ -27,6 +27,28 @@ def _all_gather(t):
     return torch.cat(dist_fn.all_gather(t), dim=0)
 
 
+def _reduce_sum(device):
+    """An int64 array summed over the ranks (one all-reduce; on the rank's device, which NCCL needs)."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    def reduce(values):
+        t = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.int64).to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+    return reduce
+
+
+def _sync_buffers(model) -> None:
+    """Rank 0's buffers on every rank (one broadcast each; the BatchNorm statistics differ after a step)."""
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def _worker_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -57,7 +79,8 @@ def _worker_loop(loop_config: dict) -> None:
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     env = WorkerEnv(rank=rank, world_size=world, device=device, gather=_all_gather if world > 1 else None,
-                    wrap=wrap, report=report, scratch=scratch)
+                    wrap=wrap, report=report, scratch=scratch, reduce_sum=_reduce_sum(device) if world > 1 else None,
+                    sync_buffers=_sync_buffers if world > 1 else None)
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

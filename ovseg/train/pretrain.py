@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
@@ -43,6 +44,11 @@ class WorkerEnv:
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m  # DDP for several ranks
     # persist a checkpoint: report(metrics, path_or_None); every rank calls it, rank 0 gives the file
     report: Callable[[dict, Path | None], None] | None = None
+    # sum an int64 array over the ranks (an all-reduce; None with one rank): the evaluation's confusion matrices
+    reduce_sum: Callable[[np.ndarray], np.ndarray] | None = None
+    # give every rank rank 0's buffers (BatchNorm running statistics: each rank's last forward updated its own
+    # with its own batch), so that every share is scored by the model the checkpoint holds
+    sync_buffers: Callable[[torch.nn.Module], None] | None = None
     scratch: Path = field(default_factory=lambda: Path("."))
 
 
@@ -137,13 +143,21 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        if not self.main:
-            return {}
+        """Every rank scores its share of every benchmark's images; one all-reduce sums the confusion
+        matrices, so every rank returns the same metrics and no rank waits at a collective for another's
+        evaluation; rank 0 logs."""
         if self.eval_sets is None:
             self.eval_sets = parse_eval_sets(self.cfg.eval.datasets, synthetic_root(self.cfg) / "val",
                                              self.cfg.eval.class_names)
+        world = self.env.world_size
+        if world > 1 and (self.env.reduce_sum is None or self.env.sync_buffers is None):
+            raise ValueError(f"evaluation on {world} ranks needs WorkerEnv.reduce_sum (an all-reduce) and "
+                             "WorkerEnv.sync_buffers (a broadcast from rank 0)")
+        if world > 1:
+            self.env.sync_buffers(self.model)
         out, _ = evaluate_and_log(self.model, self.eval_sets, self.tracker, self.step, self.cfg.eval,
-                                  label=f"step{self.step:08d}", where=f"step {self.step}")
+                                  label=f"step{self.step:08d}", where=f"step {self.step}",
+                                  part=(self.env.rank, world), reduce=self.env.reduce_sum)
         self.history.append({"step": self.step, **{k: v for k, v in out.items() if k.endswith("/miou")}})
         return out
 

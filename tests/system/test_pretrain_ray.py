@@ -88,6 +88,32 @@ def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflo
     local = client.download_artifacts(run_id, "checkpoint/checkpoint.safetensors", str(tmp_path))
     assert read_checkpoint(local).step == 6
 
+    # Both ranks scored a share of the 6 val images (3 each) and one all-reduce summed them: the logged table
+    # counts every val pixel, and the logged mIoU is one process's evaluation of the same checkpoint.
+    import numpy as np
+    import torch
+
+    from ovseg.checkpoint import model_from_checkpoint
+    from ovseg.data.benchmarks.registry import build_benchmark
+    from ovseg.eval.evaluate import evaluate
+
+    ckpt = read_checkpoint(local)
+    bench = build_benchmark("synthetic", world / "val")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker (train.cpus_per_worker=1)
+    try:
+        single = evaluate(model_from_checkpoint(ckpt), bench, protocol=ckpt.config.eval,
+                          bg_thresh=ckpt.config.eval.bg_thresh)
+    finally:
+        torch.set_num_threads(threads)
+    logged = client.get_metric_history(run_id, "zeroshot/synthetic/miou")[-1].value
+    assert logged == pytest.approx(single.miou, abs=1e-12)
+    table = Path(client.download_artifacts(run_id, "eval/synthetic/iou_step00000006.csv", str(tmp_path)))
+    gt = [int(line.split(",")[2]) for line in table.read_text().splitlines()[1:]]
+    assert sum(gt) == sum(np.asarray(bench[i][1]).size for i in range(len(bench)))
+    assert gt == single.confusion.matrix.sum(1).tolist()
+    assert "zero-shot synthetic mIoU" in second.stdout + second.stderr
+
 
 def _worker_pids(session: int) -> list[int]:
     """Ray Train worker processes of the run we started (same session id), none of anybody else's."""
