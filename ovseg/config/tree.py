@@ -150,6 +150,9 @@ class EvalConfig:
 
     templates: tuple[str, ...] = ("a photo of a {}.",)
     short_side: int = 448
+    # ... and the long side at most this: MMSegmentation's keep-ratio Resize with img_scale=(2048, 448), as the
+    # released dataset configs give it (it only matters for images wider than 2048 / 448 = 4.6 : 1); None: no cap
+    long_side: int | None = 2048
     crop_size: int = 448
     stride: int = 224
     bg_thresh: float | None = None  # None: each dataset's protocol value (VOC 0.95, Context 0.35, COCO 0.9)

@@ -101,7 +101,9 @@ def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
     thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
     has_bg = bool(bench.class_names) and bench.class_names[0].strip().lower() == "background"
     bg = f"background below min({thr}, best group score)" if has_bg else "no background class"
-    return (f"GroupViT/OVSegmentor zero-shot protocol: short side {eval_cfg.short_side}, window {eval_cfg.crop_size} "
+    cap = f" (long side at most {eval_cfg.long_side})" if eval_cfg.long_side else ""
+    return (f"GroupViT/OVSegmentor zero-shot protocol: short side {eval_cfg.short_side}{cap}, "
+            f"window {eval_cfg.crop_size} "
             f"stride {eval_cfg.stride}, prompts {list(eval_cfg.templates)}, top-{eval_cfg.top_k} image-level class "
             f"filter, {bg}; {len(bench.class_names)} classes")
 

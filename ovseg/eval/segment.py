@@ -6,6 +6,7 @@ to the window and every pixel takes its argmax group; each group scores the clas
 ``softmax(A restricted to the image's top-5 classes) * softmax(A)`` with ``A = s * group_emb . text_bank``;
 background (when the first class is "background") wins where the best class score is below
 ``min(bg_thresh, best group score)``. Window logits are averaged, resized to the input, and arg-maxed.
+The long side is capped at ``long_side`` (2048, as the released configs' ``img_scale=(2048, 448)``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def window_logits(model, windows: torch.Tensor, bank: torch.Tensor, background: 
     thr = scores.flatten(1).amax(1).clamp(max=bg_thresh)[:, None, None]  # min(bg_thresh, max S), per window
     bg = (fg.amax(1) < thr).to(fg.dtype)[:, None]
     return torch.cat([bg, fg], dim=1)
+
+
+def scaled_size(height: int, width: int, short_side: int, long_side: int | None) -> tuple[int, int]:
+    """The size an image is read at: the short side to ``short_side`` unless that makes the long side exceed
+    ``long_side`` (MMSegmentation's keep-ratio rescale: one factor, ``min(short / min(H, W), long / max(H,
+    W))``, sizes rounded half up as ``mmcv.rescale_size`` rounds them)."""
+    factor = short_side / min(height, width)
+    if long_side is not None:
+        factor = min(factor, long_side / max(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -104,8 +115,7 @@ def segment(model, image, class_names: list[str], *, protocol: EvalConfig | None
         text_emb = (bank or TextBank())(model, fg_names, templates)
         device = text_emb.device
         x = torch.from_numpy(np.ascontiguousarray(rgb).copy()).to(device).permute(2, 0, 1)[None].float() / 255.0
-        ratio = short_side / min(H, W)
-        h, w = max(1, round(H * ratio)), max(1, round(W * ratio))
+        h, w = scaled_size(H, W, short_side, proto.long_side)
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
         std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]

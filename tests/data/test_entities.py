@@ -96,7 +96,11 @@ def test_non_entity_captions_match_nothing(matcher, caption):
     ("A man and two women on a couch (with a TV)", "A [MASK] and two [MASK] on a [MASK] (with a [MASK])",
      ["people", "sofa", "tv"]),
     ("sheep, sheep; SHEEP", "[MASK], [MASK]; [MASK]", ["sheep"]),
-    ("a T-Shirt with a cat-print", "a [MASK] with a [MASK]-print", ["shirt", "cat"]),
+    ("a T-Shirt with a cat-print", "a [MASK] with a cat-print", ["shirt"]),
+    ("a dog-friendly cafe, a cat-like toy and car-free streets", "a dog-friendly cafe, a cat-like toy and car-free "
+     "streets", []),
+    ("an ex-dog and a well-known bike", "an ex-dog and a well-known [MASK]", ["bicycle"]),
+    ("a dog - friendly - and a cat", "a [MASK] - friendly - and a [MASK]", ["dog", "cat"]),  # spaced dashes
     ("knives and forks on the desk", "[MASK] and [MASK] on the [MASK]", ["knife", "fork", "table"]),
 ])
 def test_mask_replaces_exactly_the_entity_words(matcher, caption, expected, entities):

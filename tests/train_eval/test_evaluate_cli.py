@@ -96,7 +96,8 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
     out = res.stdout
     assert f"zero-shot synthetic mIoU {got['metrics']['zeroshot/synthetic/miou']:.4f} (6 images)" in out
     ev = debug_cfg.eval  # the run's configuration
-    assert f"short side {ev.short_side}, window {ev.crop_size} stride {ev.stride}" in out and "'a photo of a {}.'" in out
+    assert (f"short side {ev.short_side} (long side at most {ev.long_side}), window {ev.crop_size} "
+            f"stride {ev.stride}") in out and "'a photo of a {}.'" in out
     assert f"min({ev.bg_thresh}" in out  # the configuration's fixed background threshold
     assert "background" in out and "clock" in out  # the per-class table
     assert "synthetic: 100%" in res.stderr  # progress bar reached the end

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovseg import segment
-from ovseg.eval.segment import group_class_scores, slide_windows, window_logits
+from ovseg.eval.segment import group_class_scores, scaled_size, slide_windows, window_logits
 
 
 @pytest.mark.parametrize("names", [
@@ -127,3 +127,19 @@ def test_slide_windows_follow_the_mmseg_grid():
         cover[y1:y2, x1:x2] += 1
     assert cover.min() >= 1 and len(boxes) == 3 * 4  # rows (700-448+223)//224+1, cols (1000-448+223)//224+1
     assert slide_windows(40, 30, 448, 224) == [(0, 0, 40, 30)]
+
+
+@pytest.mark.parametrize("hw,expected", [
+    ((375, 500), (448, 597)),     # VOC-like: the short side sets the factor, 500 * 448 / 375 = 597.33 -> 597
+    ((100, 700), (293, 2048)),    # 7 : 1: the long side caps it, factor 2048 / 700, 100 * 2.9257 = 292.57 -> 293
+    ((448, 2048), (448, 2048)),   # exactly at the cap
+    ((300, 301), (448, 449)),     # 301 * 448 / 300 = 449.49 -> 449
+])
+def test_images_are_read_at_the_mmseg_keep_ratio_size(hw, expected):
+    assert scaled_size(*hw, 448, 2048) == expected
+    assert scaled_size(100, 700, 448, None) == (448, 3136)  # no cap: the short side alone
+    assert scaled_size(2, 5, 64, None) == (64, 160)
+    assert scaled_size(10, 25, 4, None) == (4, 10)  # 25 * 0.4 = 10.0
+    assert scaled_size(8, 3, 2, None) == (5, 2)  # 8 * 2 / 3 = 5.33 -> 5
+    assert scaled_size(7, 2, 5, None) == (18, 5)  # 7 * 2.5 = 17.5 rounds half up -> 18 (round() would give 18 too)
+    assert scaled_size(5, 2, 5, None) == (13, 5)  # 12.5 -> 13 where Python's round() gives 12

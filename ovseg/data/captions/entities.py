@@ -21,7 +21,9 @@ How a caption is matched, and why:
   40k+ captions/s on one core possible (bench/entity_pipeline.py).
 - Accepted ambiguity: "glasses" (eyewear) matches glass, "ties"/"trains"/"lights" as verbs match their noun,
   as they do in the reference's WordNet lemmatisation. Words that merely contain an entity ("boxer",
-  "caterpillar", "carpet") never match because matching is per token.
+  "caterpillar", "carpet") never match because matching is per token, and neither do hyphenated words made
+  with one ("dog-friendly", "cat-like", "car-free"): the tokenizer splits them, so a match touched by an
+  in-word hyphen is dropped (the reference, which splits on whitespace, never saw the entity either).
 """
 
 from __future__ import annotations
@@ -207,6 +209,8 @@ class EntityMatcher:
         for match_id, start, end in found:
             if start < last_end:  # overlapping ("T-shirt" also contains "shirt"): keep the longest, earliest
                 continue
+            if _in_hyphenated_word(doc, start, end):  # "dog-friendly", "cat-like", "car-free": no dog, cat, car
+                continue
             last = doc[end - 1]
             spans.append((doc[start].idx, last.idx + len(last.text), strings[match_id]))
             last_end = end
@@ -232,6 +236,18 @@ class EntityMatcher:
         """Replace each entity mention by ``mask_token`` in place; return (masked caption, entities)."""
         spans = self.match(caption)
         return mask_spans(caption, spans, mask_token), unique_entities(spans)
+
+
+def _in_hyphenated_word(doc, start: int, end: int) -> bool:
+    """Tokens ``start:end`` are part of a longer hyphenated word: a "-" touches them (no space between) and
+    touches a word on its other side. The tokenizer splits "dog-friendly" into "dog" "-" "friendly"; a
+    vocabulary phrase that itself holds the hyphen ("T-shirt") is matched whole and is not affected."""
+    def joins(dash, left, right) -> bool:
+        return dash.text == "-" and not left.whitespace_ and not dash.whitespace_ and right.is_alpha
+
+    if start >= 2 and joins(doc[start - 1], doc[start - 2], doc[start]):
+        return True
+    return end + 1 < len(doc) and joins(doc[end], doc[end - 1], doc[end + 1])
 
 
 def unique_entities(spans: Iterable[tuple[int, int, str]]) -> list[str]:
