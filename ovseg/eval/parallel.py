@@ -1,7 +1,7 @@
 """A checkpoint scored by several processes (``platform/evaluate.py --workers N``): each scores its share.
 
 Process 0 (the caller) scores the first share of every benchmark's images and logs; processes 1..N-1 are
-spawned, each loads the checkpoint itself (on ``cuda:k`` when there are N GPUs, else on the caller's device,
+started (forked on CPU with one thread each, else spawned), each loads the checkpoint itself (on ``cuda:k`` when there are N GPUs, else on the caller's device,
 with the CPU's threads divided between them), scores its share with the same protocol and sends its confusion
 matrices back; ``evaluate_and_log``'s one reduction adds them (``ovseg.eval.report``). The split is the one
 pretraining uses on its ranks (``evaluate.share``), so the metrics equal a single-process evaluation's.
@@ -113,7 +113,10 @@ def evaluate_checkpoint(job: EvalJob, *, device: torch.device, workers: int = 1,
         return metrics, results, ckpt, cfg
     devices = devices_for(device, workers)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
+    # A forked child starts in milliseconds instead of re-importing torch; it is safe on CPU when each part runs
+    # one thread (as DataLoader workers do). CUDA, or several OpenMP threads after a fork, need a fresh process.
+    fork = all(d == "cpu" for d in devices) and threads == 1 and "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_part, args=(job, k, workers, devices[k], threads, out), daemon=True)
              for k in range(1, workers)]
