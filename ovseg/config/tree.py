@@ -216,6 +216,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     clip_grad: float = 5.0
     bf16: bool = True  # autocast on GPU; CPU runs stay in float32
+    # torch.compile the training forward with this backend ("inductor" on a GPU; "eager" only checks the wiring);
+    # None: not compiled. Checkpoints and evaluation use the uncompiled module (the same parameters).
+    compile: str | None = None
     log_every: int = 20
     eval_every: int = 2000
     ckpt_every: int = 1000

@@ -205,6 +205,16 @@ class Pretrainer:
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             self.save_text_cache()
 
+    def _training_module(self) -> torch.nn.Module:
+        """The module the steps run: the model, or once per trainer its ``torch.compile`` (``train.compile``),
+        which shares the model's parameters; checkpoints and evaluation read ``self.model`` itself."""
+        backend = self.cfg.train.compile
+        if not backend:
+            return self.model
+        if getattr(self, "_compiled", None) is None:
+            self._compiled = torch.compile(self.model, backend=backend)
+        return self._compiled
+
     def _loader(self, stage: int, batch: int):
         from ..data.captions.loader import build_caption_loader
         from ..data.captions.transforms import transform_kind
@@ -217,7 +227,7 @@ class Pretrainer:
             stage=aug_stage, num_workers=cfg.data.loader_workers, seed=cfg.seed + 1000 * stage,
             shuffle_buffer=cfg.data.shuffle_buffer, pairs=stage == 2, epoch_length=epoch_len,
             max_length=cfg.model.text.max_length, rank=self.env.rank, world_size=self.env.world_size,
-            entity_prompts=cfg.loss.needs_entity_prompts)
+            entity_prompts=cfg.loss.needs_entity_prompts, pin_memory=self.env.device.type == "cuda")
 
     def _batches(self, loader):
         """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""
@@ -248,7 +258,8 @@ class Pretrainer:
             if stage != self.stage:  # a new stage starts its own data stream and schedule
                 self.stage, self.epoch, self.batch_in_epoch = stage, 0, 0
             batch, sched, optimizer, loader = self._stage_setup(stage)
-            task = Task(self.env.wrap(self.model), self.cfg.loss, gather=self.env.gather, rank=self.env.rank)
+            task = Task(self.env.wrap(self._training_module()), self.cfg.loss, gather=self.env.gather,
+                        rank=self.env.rank)
             schedule = Schedule(optimizer, start, n, **sched)
             hooks = _StageHooks(self, stage, end, batch, loader, optimizer, schedule)
             train_steps(task, self._batches(loader), optimizer, end - self.step, hooks=[schedule, hooks],

@@ -187,3 +187,36 @@ def test_resume_at_the_end_of_stage_1_starts_stage_2_afresh(world, tmp_path):
     assert second.step == 6 and final.state["stage"] == 2
     adam_steps = {float(v) for k, v in final.extra.items() if k.endswith("/step")}
     assert adam_steps == {2.0}  # stage 2's optimizer took its own 2 steps, it did not continue stage 1's
+
+
+def test_a_compiled_training_forward_trains_the_same_weights_and_saves_plain_keys(world, tmp_path):
+    """``train.compile``: the steps run through ``torch.compile`` of the model (the "eager" backend, which
+    traces with dynamo but runs the same kernels, so the weights after two steps equal an uncompiled run's to
+    the bit); checkpoints hold the model's own keys, never the wrapper's ``_orig_mod.``."""
+    runs = {}
+    for backend in (None, "eager"):
+        extra = ["train.stage1_steps=2", "train.stage2_steps=0", "train.ckpt_every=100"]
+        if backend:
+            extra.append(f"train.compile={backend}")
+        reports = _Reports(tmp_path)
+        trainer = Pretrainer(_cfg(world, tmp_path / str(backend), *extra),
+                             WorkerEnv(report=reports, scratch=tmp_path / f"scratch-{backend}"), _Recorder())
+        trainer.run()
+        runs[backend] = (trainer, reports)
+    plain, compiled = runs[None][0], runs["eager"][0]
+    assert compiled._compiled is not None and compiled._compiled is not compiled.model
+    assert {id(p) for p in compiled._compiled.parameters()} == {id(p) for p in compiled.model.parameters()}
+    a, b = plain.model.state_dict(), compiled.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = read_checkpoint(runs["eager"][1].items[-1][1])
+    assert ckpt.step == 2 and ckpt.weights.keys() == a.keys()
+
+
+def test_the_optimizer_is_fused_only_when_every_parameter_is_on_a_gpu():
+    from ovseg import build_model
+    from ovseg.train.schedule import build_optimizer
+
+    model = build_model(load_config("debug"))
+    assert not build_optimizer(model, 1e-3).defaults["fused"]  # CPU: the plain implementation
+    if torch.cuda.is_available():
+        assert build_optimizer(model.cuda(), 1e-3).defaults["fused"]
