@@ -128,14 +128,14 @@ def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path) ->
     torch.manual_seed(0)
     model = build_model(cfg)
     clock = Clock()
+    if stage == 2:  # before any hook: the momentum encoder is a deep copy of the vision tower, hooks included
+        model.init_momentum()
+        model.set_text_trainable(False)
+        clock.hook(model.momentum_vision, "momentum encoder")
     for part, module in (("vision", model.vision), ("text", model.text), ("entity decoder", model.decoder),
                          ("projectors", model.img_projector), ("projectors", model.text_projector),
                          ("projectors", model.bridge_projector)):
         clock.hook(module, part)
-    if stage == 2:
-        model.init_momentum()
-        model.set_text_trainable(False)
-        clock.hook(model.momentum_vision, "momentum encoder")
     clock.hook(model, "model forward")
     task = Task(model, cfg.loss)
     task.losses = clock.wrap("losses", task.losses)
