@@ -1,9 +1,9 @@
 """A checkpoint scored by several processes (``platform/evaluate.py --workers N``): each scores its share.
 
 Process 0 (the caller) scores the first share of every benchmark's images and logs; processes 1..N-1 are
-started (forked on CPU with one thread each, else spawned), each loads the checkpoint itself (on ``cuda:k`` when there are N GPUs, else on the caller's device,
-with the CPU's threads divided between them), scores its share with the same protocol and sends its confusion
-matrices back; ``evaluate_and_log``'s one reduction adds them (``ovseg.eval.report``). The split is the one
+started (forked on CPU with one thread each, else spawned), each loads the checkpoint itself (on ``cuda:k``
+when there are N GPUs, else on the caller's device, with the CPU's threads divided between them), scores its
+share with the same protocol and sends its confusion matrices back; ``evaluate_and_log``'s one reduction adds them (``ovseg.eval.report``). The split is the one
 pretraining uses on its ranks (``evaluate.share``), so the metrics equal a single-process evaluation's.
 """
 
@@ -106,11 +106,13 @@ def evaluate_checkpoint(job: EvalJob, *, device: torch.device, workers: int = 1,
         raise ValueError(f"--workers must be at least 1, got {workers}")
     ckpt, cfg, model, benches = loaded if loaded is not None else load(job, device)
     tracker = tracker or NullTracker()
-    limit = _limit(job, cfg)
+
+    def score(**parts):
+        return evaluate_and_log(model, benches, tracker, ckpt.step, cfg.eval, where=f"step {ckpt.step}",
+                                max_images=_limit(job, cfg), progress=progress, **parts)
+
     if workers == 1:
-        metrics, results = evaluate_and_log(model, benches, tracker, ckpt.step, cfg.eval, where=f"step {ckpt.step}",
-                                            max_images=limit, progress=progress)
-        return metrics, results, ckpt, cfg
+        return (*score(), ckpt, cfg)
     devices = devices_for(device, workers)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     # A forked child starts in milliseconds instead of re-importing torch; it is safe on CPU when each part runs
@@ -147,8 +149,7 @@ def evaluate_checkpoint(job: EvalJob, *, device: torch.device, workers: int = 1,
     torch.set_num_threads(threads)  # this process is one of the parts: its share of the cores
     try:
         model.to(devices[0])
-        metrics, results = evaluate_and_log(model, benches, tracker, ckpt.step, cfg.eval, where=f"step {ckpt.step}",
-                                            max_images=limit, progress=progress, part=(0, workers), reduce=gather)
+        metrics, results = score(part=(0, workers), reduce=gather)
     finally:
         torch.set_num_threads(own_threads)
         for p in procs:

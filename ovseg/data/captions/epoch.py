@@ -44,7 +44,8 @@ def _summary_counts(folder: Path, cache: dict) -> dict[str, int]:
     return cache[folder]
 
 
-def _stats_count(url: str) -> int | None:
+def _stats_count(url: str) -> tuple[object, Path] | None:
+    """(the ``successes`` of img2dataset's ``{shard}_stats.json``, that file), or None when there is none."""
     stem = url[:-len(".tar")] if url.endswith(".tar") else url
     path = Path(f"{stem}_stats.json")
     if not path.is_file():
@@ -53,10 +54,11 @@ def _stats_count(url: str) -> int | None:
         stats = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exn:
         raise EpochLengthUnknown(f"{path}: unreadable img2dataset stats ({exn})") from None
-    return stats.get("successes") if isinstance(stats, dict) else None
+    count = stats.get("successes") if isinstance(stats, dict) else None
+    return None if count is None else (count, path)
 
 
-def _valid(count, source: str) -> int:
+def _valid(count, source) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise EpochLengthUnknown(f"{source}: the sample count must be a non-negative integer, got {count!r}")
     return count
@@ -79,7 +81,7 @@ def shard_sample_counts(urls) -> dict[str, int]:
             continue
         stats = _stats_count(url)
         if stats is not None:
-            out[url] = _valid(stats, f"{url[:-4] if url.endswith('.tar') else url}_stats.json")
+            out[url] = _valid(*stats)
             continue
         raise EpochLengthUnknown(
             f"data.train: no sample count for shard {url}: give data.epoch_length (batches per epoch per rank), "
@@ -89,7 +91,8 @@ def shard_sample_counts(urls) -> dict[str, int]:
 
 
 def epoch_batches(urls, batch_size: int, world_size: int = 1) -> int:
-    """Batches per epoch per rank: all samples of ``urls`` over the global batch (at least 1)."""
+    """Batches per epoch per rank: all samples of ``urls`` over the global batch (an error when they do not
+    fill one global batch)."""
     total = sum(shard_sample_counts(urls).values())
     global_batch = batch_size * world_size
     if total < global_batch:
