@@ -247,10 +247,13 @@ class FedConfig:
     local_steps: int = 20  # optimiser steps per site per round
     local_batch: int = 32
     lr: float = 1e-4  # local AdamW learning rate (constant within a round)
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedtrimmedavg | fedmedian
+    # fedavg | fedprox | fedadam | fedtrimmedavg | fedmedian | krum | multikrum | bulyan (Flower's strategies)
+    strategy: str = "fedavg"
     proximal_mu: float = 0.0  # FedProx: mu / 2 * ||w - w_global||^2 added to the local loss
     server_lr: float = 1e-2  # FedAdam's eta
     trim_beta: float = 0.2  # FedTrimmedAvg: fraction cut at each end
+    num_malicious: int = 0  # Krum, MultiKrum, Bulyan: the sites assumed Byzantine (f)
+    krum_select: int = 1  # MultiKrum: the updates averaged (m; 1 is Krum)
     train_text: bool = False  # the text tower stays frozen (and home) unless true
     # BatchNorm layers that normalise with their running statistics during a site's round (and are not
     # updated): module prefixes of the model, see OVSegmentor.set_frozen_norms

@@ -14,7 +14,22 @@ from ...federated.wire import TRANSPORTS
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # the record names of every message
 FINGERPRINT = "frozen-fingerprint"
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")
+EVAL_METRICS = ("num-examples", "site-miou")  # the metric keys of every site's evaluate reply, nothing else
+
+
+def train_metric_keys() -> tuple[str, ...]:
+    """The metric keys of every site's train reply, nothing else (the loss table's terms and the round's counts)."""
+    from ...federated.sites import site_metric_names
+
+    return site_metric_names()
+
+
+def max_examples(cfg: Config) -> int:
+    """The most examples one site's round can use: ``fed.local_steps`` batches of ``fed.local_batch``. Honest
+    sites report exactly the examples they trained on; a larger claim is refused, so no site can outweigh the
+    others by the count it claims."""
+    return cfg.fed.local_steps * cfg.fed.local_batch
 ROUND_FILE = "round-{:04d}.safetensors"
 
 
