@@ -273,6 +273,12 @@ class FedConfig:
     run_name: str = "federation"
     experiment: str = "ovseg-federated"
     dp: DPConfig = field(default_factory=DPConfig)
+    # secure aggregation (Flower's SecAgg+, ovseg.integrations.flower.secagg): the server sees only the weighted
+    # mean of the sites' updates. FedAvg, float32 transport and no DP only; the sites' own evaluation is skipped
+    secagg: bool = False
+    secagg_shares: float = 1.0  # each site's secrets are split among this fraction of the round's sites
+    secagg_threshold: float = 0.5  # ... of which this fraction (at least 2) rebuilds a dropped site's mask
+    secagg_clip: float = 8.0  # each value of a site's update (its delta) is clipped to +- this before masking
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,9 @@ def config_from_run(run_config: dict) -> Config:
         raise ValueError(f"fed.transport must be one of {TRANSPORTS}, got {f.transport!r}")
     if f.dp.noise_multiplier > 0 and f.dp.mode == "client" and f.transport != "float32":
         raise ValueError("client-side DP clipping works on float32 updates: set fed.transport=float32")
+    if f.secagg and (f.strategy != "fedavg" or f.transport != "float32" or f.dp.noise_multiplier > 0):
+        raise ValueError("fed.secagg works with fed.strategy=fedavg, fed.transport=float32 and no DP (the server "
+                         "never sees one site's update, so it cannot clip, rank or trim them)")
     if f.dp.mode not in ("server", "client"):
         raise ValueError(f"fed.dp.mode must be 'server' or 'client', got {f.dp.mode!r}")
     return cfg

@@ -12,6 +12,7 @@ from flwr.common.constant import ErrorCode
 from ...federated.wire import BF16_WIRE
 from .config import ARRAYS, EVAL_METRICS, METRICS, train_metric_keys
 from .replies import announced_arrays, array_violations, record_layout, scalar_metrics
+from .secagg import is_secagg, secagg_violations
 
 log = logging.getLogger("ovseg.flower")
 
@@ -73,25 +74,27 @@ def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
     With ``audit-log`` in the node config, every outgoing reply is described (record kinds, array names,
     dtypes and shapes, metric keys; never values) in that JSON-lines file, with what was refused and why."""
     refused: list[str] = []
+    secagg, message_type = is_secagg(msg), msg.metadata.message_type  # before the mods below rewrite msg
+    announced = announced_arrays(msg.content) if message_type == "train" else {}
     try:
         reply = call_next(msg, context)
     except Exception:  # noqa: BLE001 - the text stays here
-        log.exception("the site's %s action failed", msg.metadata.message_type)
+        log.exception("the site's %s action failed", message_type)
         reply = _fixed_error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, SITE_FAILED)
     if reply.has_error():
         if reply.error.reason not in (SITE_FAILED, GUARD_REFUSED):
-            log.error("the site's %s action replied with an error: %s", msg.metadata.message_type,
+            log.error("the site's %s action replied with an error: %s", message_type,
                       reply.error.reason)
             reply = _fixed_error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, SITE_FAILED)
-    else:
-        announced = announced_arrays(msg.content) if msg.metadata.message_type == "train" else {}
-        refused = privacy_violations(reply.content, msg.metadata.message_type, announced)
+    else:  # under SecAgg+ the plain update was checked before it was masked (secagg._delta_reply)
+        refused = (secagg_violations(reply.content) if secagg else
+                   privacy_violations(reply.content, message_type, announced))
         if refused:
-            log.error("privacy guard: refusing to send the %s reply: %s", msg.metadata.message_type, refused)
+            log.error("privacy guard: refusing to send the %s reply: %s", message_type, refused)
             reply = _fixed_error(msg, ErrorCode.MOD_FAILED_PRECONDITION, GUARD_REFUSED)
     audit = context.node_config.get("audit-log")
     if audit:
-        entry = {"message_type": msg.metadata.message_type, "error": reply.has_error(),
+        entry = {"message_type": message_type, "error": reply.has_error(),
                  "error_code": reply.error.code if reply.has_error() else None,
                  "records": {} if reply.has_error() else describe(reply.content), "refused": refused}
         with open(str(audit), "a") as f:
