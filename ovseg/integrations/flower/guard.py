@@ -96,6 +96,7 @@ def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
     if audit:
         entry = {"message_type": message_type, "error": reply.has_error(),
                  "error_code": reply.error.code if reply.has_error() else None,
+                 "error_reason": reply.error.reason if reply.has_error() else None,
                  "records": {} if reply.has_error() else describe(reply.content), "refused": refused}
         with open(str(audit), "a") as f:
             f.write(json.dumps(entry) + "\n")
