@@ -205,9 +205,15 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
         return table.to_pylist(), table.column_names
     import csv
 
+    # The default field limit (131072 characters) would end the job on one long caption; longer than any
+    # caption kept (MAX_CAPTION_CHARS), a cell is still read, then dropped as caption_too_long.
+    csv.field_size_limit(max(csv.field_size_limit(), 16 * MAX_CAPTION_CHARS))
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return list(reader), list(reader.fieldnames or [])
+        try:
+            return list(reader), list(reader.fieldnames or [])
+        except csv.Error as exn:
+            raise ValueError(f"{path}, line {reader.line_num}: {exn}") from None
 
 
 def _match_chunk(captions: list[str]) -> list[list]:
