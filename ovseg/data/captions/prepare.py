@@ -36,8 +36,15 @@ from tqdm import tqdm
 from ovseg.data.captions.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
 from ovseg.data.captions.pairing import pair_candidates
 from ovseg.data.captions.sample import MAX_CAPTION_CHARS, SkipSample, image_bytes, read_caption, read_shard
-from ovseg.data.shardio import (SkipCounter, atomic_write_bytes, expand_urls, load_json, safe_key, sample_members,
-                                write_tar)
+from ovseg.data.shardio import (
+    SkipCounter,
+    atomic_write_bytes,
+    expand_urls,
+    load_json,
+    safe_key,
+    sample_members,
+    write_tar,
+)
 
 TABLE_SUFFIXES = (".tsv", ".parquet")
 KEY_COLUMNS = ("key", "image_id", "url")

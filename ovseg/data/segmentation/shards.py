@@ -39,6 +39,7 @@ rules above (a float, bool, NaN or 1e999 is not an integer).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -84,7 +85,7 @@ def check_ignore_index(value, num_classes: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"ignore_index must be an integer, got {value!r}")
     if 0 <= value < num_classes:
-        raise ValueError(f"ignore_index {value} is one of the classes 0..{num_classes - 1}: their pixels would "
+        raise ValueError(f"ignore_index {value} is a class (classes are 0..{num_classes - 1}): its pixels would "
                          "read as unlabelled; it must lie outside the class range")
     return int(value)
 
@@ -237,9 +238,8 @@ def _grouping_problem(key: str, members: list[tuple[str, str, bytes]], seen: set
     """Why the members ``read_tar`` grouped under ``key`` are not one sample: (reason, detail), or None."""
     folders = sorted({name.rpartition("/")[0] for name, _, _ in members})
     if len(folders) > 1:
-        return "mixed_folders", f"its members lie in folders {folders}: {[name for name, _, _ in members]}"
-    exts = [ext for _, ext, _ in members]
-    repeated = sorted({e for e in exts if exts.count(e) > 1})
+        return "mixed_folders", f"its members lie in folders {folders[:5]}: {[n for n, _, _ in members[:6]]}"
+    repeated = sorted(e for e, n in Counter(ext for _, ext, _ in members).items() if n > 1)
     if repeated:
         return "duplicate_key", f"two samples share the key ({repeated} members repeat); neither is used"
     if key in seen:
