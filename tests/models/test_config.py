@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import math
 
 import pytest
@@ -22,8 +21,8 @@ from ovseg.config import (
     parse_overrides,
     save_config,
     to_dict,
+    tree,
 )
-from ovseg.config import tree
 
 
 def test_named_configs_load():
@@ -93,8 +92,8 @@ BAD = [
     (["loss.group_ratio=1.5"], "config key 'loss.group_ratio' must be a finite number in [0, 1], got 1.5"),
     (["fed.fraction_train=0"], "config key 'fed.fraction_train' must be a finite number in (0, 1], got 0.0"),
     (["fed.dp.delta=1"], "config key 'fed.dp.delta' must be a finite number in (0, 1), got 1.0"),
-    (["fed.strategy=bogus"], "config key 'fed.strategy' must be one of 'fedavg', 'fedprox', 'fedadam', "
-                             "'fedtrimmedavg', 'fedmedian', got 'bogus'"),
+    (["fed.strategy=bogus"], ("config key 'fed.strategy' must be one of 'fedavg', 'fedprox', 'fedadam', "
+                              "'fedtrimmedavg', 'fedmedian', got 'bogus'")),
     (["data.augment=bogus"], "config key 'data.augment' must be one of 'paper', 'light', 'flip', got 'bogus'"),
     (["loss.mosaic_layout=grid"], "config key 'loss.mosaic_layout' must be one of 'paste', 'side', got 'grid'"),
     (["model.vision.num_heads=[2,0]"], "config key 'model.vision.num_heads[1]' must be an integer >= 1, got 0"),
@@ -200,6 +199,6 @@ def test_every_sweep_space_value_loads():
         space = yaml.safe_load(path.read_text())
         base = merge_dicts(to_dict(load_config("tiny")), nest_overrides(space.get("fixed", {})))
         for key, sampler in space["search"].items():
-            ((kind, values),) = sampler.items()
+            ((_kind, values),) = sampler.items()
             for value in values:  # choice: each option; uniform / loguniform / randint: both ends
                 from_dict(Config, merge_dicts(base, nest_overrides({key: value})))
