@@ -93,7 +93,7 @@ BAD = [
     (["fed.fraction_train=0"], "config key 'fed.fraction_train' must be a finite number in (0, 1], got 0.0"),
     (["fed.dp.delta=1"], "config key 'fed.dp.delta' must be a finite number in (0, 1), got 1.0"),
     (["fed.strategy=bogus"], ("config key 'fed.strategy' must be one of 'fedavg', 'fedprox', 'fedadam', "
-                              "'fedtrimmedavg', 'fedmedian', got 'bogus'")),
+                              "'fedtrimmedavg', 'fedmedian', 'krum', 'multikrum', 'bulyan', got 'bogus'")),
     (["data.augment=bogus"], "config key 'data.augment' must be one of 'paper', 'light', 'flip', got 'bogus'"),
     (["loss.mosaic_layout=grid"], "config key 'loss.mosaic_layout' must be one of 'paste', 'side', got 'grid'"),
     (["model.vision.num_heads=[2,0]"], "config key 'model.vision.num_heads[1]' must be an integer >= 1, got 0"),
