@@ -238,3 +238,74 @@ def test_the_guard_sends_only_fixed_error_texts_and_audits_what_left(tmp_path):
     assert entries[0]["refused"] and entries[0]["records"] == {}
     assert set(entries[2]["records"]["arrays"]["arrays"]) == set(ANNOUNCED)
     assert "patient" not in audit.read_text()  # the audit describes what left: the error's text did not
+
+
+# ------------------------------------------------------------------------------------- SecAgg+ at the site
+
+
+def _fitins_message(arrays: dict[str, np.ndarray]):
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from ovseg.integrations.flower.secagg import KEYS_CONFIG
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    fitins = FitIns(ndarrays_to_parameters(list(arrays.values())),
+                    {"server-round": 1, KEYS_CONFIG: "\n".join(arrays), "secagg-clip": 8.0})
+    return Message(compat.fitins_to_recorddict(fitins, True), dst_node_id=3, message_type="train")
+
+
+def test_a_secagg_site_sends_its_delta_and_its_guard_checks_the_plain_update_first():
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from ovseg.integrations.flower.secagg import _delta_reply
+
+    start = {"w": np.arange(4, dtype=np.float32), "s": np.array(2.0, np.float32)}
+    ctx = Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={})
+
+    def trains(m, c):  # what the site's train action returns: named arrays, moved by +0.5 / -1
+        assert set(m.content["arrays"].keys()) == {"w", "s"} and m.content["config"]["server-round"] == 1
+        got = {k: a.numpy() for k, a in m.content["arrays"].items()}
+        out = {"w": got["w"] + 0.5, "s": np.asarray(got["s"] - 1.0, np.float32)}
+        return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}),
+                                   "metrics": MetricRecord(_metrics(16))}), reply_to=m)
+
+    fitres = compat.recorddict_to_fitres(_delta_reply(_fitins_message(start), ctx, trains).content, True)
+    w, s = parameters_to_ndarrays(fitres.parameters)
+    np.testing.assert_array_equal(w, np.full(4, 0.5, np.float32))
+    np.testing.assert_array_equal(s, np.array([-1.0], np.float32))  # a 0-d tensor travels as one value
+    assert fitres.num_examples == 16
+
+    def leaks(m, c):
+        r = trains(m, c)
+        r.content["arrays"]["img"] = Array(np.zeros((8, 8, 3), np.float32))
+        return r
+
+    with pytest.raises(PermissionError):
+        _delta_reply(_fitins_message(start), ctx, leaks)
+
+
+def _secagg_reply(**change):
+    from ovseg.integrations.flower.secagg import FIT_OK
+
+    records = {"secaggplus_configs": ConfigRecord({"masked_params": [b"\x00\x01"]}),
+               "fitres.parameters": ArrayRecord(), "fitres.metrics": ConfigRecord(_metrics(16)),
+               "fitres.num_examples": MetricRecord({"num_examples": 16}),
+               "fitres.status": ConfigRecord({"code": 0, "message": FIT_OK})}
+    records.update(change)
+    return RecordDict({k: v for k, v in records.items() if v is not None})
+
+
+@pytest.mark.parametrize("change", [
+    {"fitres.parameters": ArrayRecord({"0": Array(np.ones(3, np.float32))})},  # the plain update itself
+    {"fitres.status": ConfigRecord({"code": 0, "message": "read /data/hospital/x.tar"})},
+    {"secaggplus_configs": ConfigRecord({"masked_params": [b"\x00"], "caption": "a cat"})},
+    {"fitres.metrics": ConfigRecord({**_metrics(16), "/data/x.tar": 1.0})},
+    {"extra": ConfigRecord({"a": 1})},
+])
+def test_a_secagg_reply_carries_only_the_protocol_the_metrics_and_the_count(change):
+    from ovseg.integrations.flower.secagg import secagg_violations
+
+    assert secagg_violations(_secagg_reply()) == []
+    assert secagg_violations(_secagg_reply(**change)) != []
