@@ -157,6 +157,9 @@ class EvalConfig:
     stride: int = 224
     bg_thresh: float | None = None  # None: each dataset's protocol value (VOC 0.95, Context 0.35, COCO 0.9)
     top_k: int = 5
+    # sliding windows sent through the model at once: bounds the memory of one image, whatever its shape (a
+    # panorama has thousands of windows); the scores do not depend on it
+    window_batch: int = 16
     # evaluation sets: "name=/path" (voc, context60, context59, coco_object, ade20k, synthetic); a bare
     # "synthetic" is the embedded synthetic world's val split
     datasets: tuple[str, ...] = ("synthetic",)
