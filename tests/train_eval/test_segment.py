@@ -147,24 +147,26 @@ def test_images_are_read_at_the_mmseg_keep_ratio_size(hw, expected):
 
 @pytest.mark.parametrize("hw,crop,stride,sizes", [
     ((1, 20), 32, 16, (5, 16)),  # a strip: no long-side cap, read at 32 x 640, 39 windows in one row
-    ((50, 70), 16, 8, (1, 4)),   # a grid of windows: read at 32 x 45, 3 rows x 5 columns
+    ((50, 70), 16, 8, (2, 4)),   # a grid of windows: read at 32 x 45, 3 rows x 5 columns
 ])
 def test_windows_in_batches_give_the_all_at_once_scores(debug_model, hw, crop, stride, sizes):
     from ovseg.config import EvalConfig
     from ovseg.eval.segment import segment_logits
+    from ovseg.eval.textbank import TextBank
 
     proto = EvalConfig(short_side=32, long_side=None, crop_size=crop, stride=stride, bg_thresh=0.5)
+    bank = TextBank()  # the class embeddings once
     rgb = np.random.default_rng(3).integers(0, 256, (*hw, 3), dtype=np.uint8)
     names = ["background", "cat", "dog"]
     batches = []
     original = debug_model.encode_image
     debug_model.encode_image = lambda x: batches.append(x.shape[0]) or original(x)
     try:
-        whole = segment_logits(debug_model, rgb, names, protocol=proto, window_batch=10**6)
+        whole = segment_logits(debug_model, rgb, names, protocol=proto, bank=bank, window_batch=10**6)
         n = batches.pop()
         assert batches == [] and n == len(slide_windows(*scaled_size(*hw, 32, None), crop, stride)) > 10
         for batch in sizes:
-            chunked = segment_logits(debug_model, rgb, names, protocol=proto, window_batch=batch)
+            chunked = segment_logits(debug_model, rgb, names, protocol=proto, bank=bank, window_batch=batch)
             assert batches == [batch] * (n // batch) + ([n % batch] if n % batch else [])
             batches.clear()
             assert chunked.shape == (3, *hw)
