@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import EvalConfig
 from ..data.codecs import IGNORE
@@ -91,8 +92,8 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
             try:
                 image, label, _ = bench[i]
             except ValueError as e:  # an unreadable or inconsistent file: this sample only
-                print(f"[ovseg] skipped {getattr(bench, 'name', 'dataset')} sample {i}: {e}", file=sys.stderr,
-                      flush=True)
+                # tqdm.write: on a line of its own above a progress bar, if one is drawn
+                tqdm.write(f"[ovseg] skipped {getattr(bench, 'name', 'dataset')} sample {i}: {e}", file=sys.stderr)
                 skipped += 1
                 if on_image is not None:
                     on_image(i)
