@@ -38,6 +38,12 @@ def _class_names(text: str, background: bool) -> list[str]:
     return names
 
 
+def _read_rgb(path: Path):
+    from ovseg.data.codecs import read_rgb_file
+
+    return read_rgb_file(path, upright=True)  # the orientation a viewer shows; a huge header is refused unread
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
@@ -55,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ovseg.checkpoint import find_checkpoint, model_from_checkpoint, read_checkpoint
-    from ovseg.data.codecs import read_rgb_file
     from ovseg.data.shardio import atomic_write_bytes
     from ovseg.eval.segment import segment
     from ovseg.eval.textbank import TextBank
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out, used, failed, bank = Path(args.out), set(), 0, TextBank()
     for image_path in map(Path, args.images):
         try:
-            rgb = read_rgb_file(image_path, upright=True)  # the orientation a viewer shows
+            rgb = _read_rgb(image_path)
             labels = segment(model, rgb, names, protocol=ckpt.config.eval, bank=bank, background=args.background,
                              bg_thresh=args.bg_thresh)
         except (ValueError, RuntimeError) as e:  # unreadable, too many pixels, too thin for the model's windows
