@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default=",".join(DEFAULT_CLASSES), help="comma-separated CC4M entities")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier world in --out (only the files its ovseg-world.json lists)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier world in --out (only the files its ovseg-world.json lists)")
     args = p.parse_args(argv)
     try:
         cfg = SyntheticConfig(classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
