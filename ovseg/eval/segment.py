@@ -88,11 +88,11 @@ def segment(model, image, class_names: list[str], **options) -> np.ndarray:
 
 
 @torch.no_grad()
-def segment_logits(model, image, class_names: list[str], *, protocol: EvalConfig | None = None, bank: TextBank | None = None,
-            templates: tuple[str, ...] | None = None,
-            short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
-            bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None,
-            window_batch: int | None = None) -> torch.Tensor:
+def segment_logits(model, image, class_names: list[str], *, protocol: EvalConfig | None = None,
+                   bank: TextBank | None = None, templates: tuple[str, ...] | None = None,
+                   short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
+                   bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None,
+                   window_batch: int | None = None) -> torch.Tensor:
     """The averaged window scores of ``image`` resized to it: (C, H, W), C = ``len(class_names)``.
 
     The model is read through its declared contract only: ``tokenizer``, ``encode_text``, ``encode_image``,

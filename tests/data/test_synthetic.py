@@ -271,7 +271,8 @@ def test_overwrite_refuses_a_folder_that_is_not_an_earlier_world(tmp_path):
 
 
 def test_script_never_empties_the_working_folder(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parents[2] / "platform" / "make_synthetic.py")
+    script_path = Path(__file__).parents[2] / "platform" / "make_synthetic.py"
+    spec = importlib.util.spec_from_file_location("make_synthetic", script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = ["--out", ".", "--num-train", "2", "--num-val", "1", "--image-size", "16", "--classes", "cat,dog"]
