@@ -74,8 +74,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path} is not a readable ovseg checkpoint (safetensors): {e}") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is a safetensors file but not an ovseg checkpoint (format {meta.get('format')!r})")
+    if "config" not in meta:
+        raise ValueError(f"{path}: damaged checkpoint header (no stored config)")
     try:
         config = from_dict(Config, json.loads(meta["config"]))
+    except (TypeError, ValueError) as e:  # not JSON, or a tree whose keys do not allow its values
+        raise ValueError(f"{path}: the checkpoint's stored config is not valid: {e}") from e
+    try:
         text_cfg = json.loads(meta.get("text_hf_config", "null"))
         metrics = json.loads(meta.get("metrics", "{}"))
         step = int(meta["step"])

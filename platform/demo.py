@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import ovseg
+from ovseg.cli import add_debug, command
 
 
 def _scene(height: int = 375, width: int = 500) -> np.ndarray:
@@ -26,12 +27,13 @@ def _scene(height: int = 375, width: int = 500) -> np.ndarray:
     return np.asarray(img)
 
 
+@command("demo")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
     p.add_argument("--classes", default="background,cat,dog,car")
     p.add_argument("--out", default=None, help="write the label map as a PNG here")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
     t0 = time.perf_counter()
     model = ovseg.build_model(args.config)
     n_params = sum(p.numel() for p in model.parameters())

@@ -30,6 +30,8 @@ import argparse
 import json
 import sys
 
+from ovseg.cli import add_debug, command, fail
+
 
 def _table(res) -> str:
     iou, gt, pred = res.confusion.iou(), res.confusion.matrix.sum(1), res.confusion.matrix.sum(0)
@@ -40,6 +42,7 @@ def _table(res) -> str:
     return "\n".join(rows)
 
 
+@command("evaluate")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="ovseg-eval")
     p.add_argument("--output", default=None, help="also write the metrics as JSON here")
     p.add_argument("overrides", nargs="*", help="eval.key=value")
-    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
+    args = add_debug(p).parse_intermixed_args(argv)  # overrides may come before or after the options
     bad = [o for o in args.overrides if not o.partition("=")[0].strip().startswith("eval.")]
     if bad:
         p.error(f"only eval.* keys can be overridden (the model comes from the checkpoint): {bad}")
@@ -81,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                       tuple(args.class_names) if args.class_names is not None else None, args.max_images)
         loaded = load(job, device)
         ckpt, cfg = loaded[0], loaded[1]
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: a --device torch cannot use
+        return fail("evaluate", e, args.debug)
     step, state = ckpt.step, ckpt.state
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     tracker = NullTracker()

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ovseg.cli import add_debug, command
 
+
+@command("make_sites")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,19 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of each segmentation site")
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
     from ovseg.config import load_config
     from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
-    try:
-        world = args.world or ensure_synthetic_world(load_config("tiny"))
-        manifest = split_world(world, args.out, [k.strip() for k in args.kinds.split(",") if k.strip()],
-                               alpha=args.alpha, seed=args.seed, val_fraction=args.val_fraction,
-                               overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"make_sites: error: {e}", file=sys.stderr)
-        return 2
+    world = args.world or ensure_synthetic_world(load_config("tiny"))
+    manifest = split_world(world, args.out, [k.strip() for k in args.kinds.split(",") if k.strip()],
+                           alpha=args.alpha, seed=args.seed, val_fraction=args.val_fraction, overwrite=args.overwrite)
     for s in manifest["sites"]:
         top = ", ".join(f"{c} {n}" for c, n in sorted(s["classes"].items(), key=lambda x: -x[1])[:4])
         print(f"{s['name']}: {s['kind']:12s} {s['train']:6d} train, {s['val']:4d} val  (most: {top})")

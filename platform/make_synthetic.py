@@ -17,10 +17,12 @@ import json
 import sys
 import time
 
+from ovseg.cli import add_debug, command, fail
 from ovseg.data.synthetic.scene import DEFAULT_CLASSES, SyntheticConfig
 from ovseg.data.synthetic.world import generate_world
 
 
+@command("make_synthetic")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier world in --out (only the files its ovseg-world.json lists)")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
     try:
         cfg = SyntheticConfig(classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
                               image_size=args.image_size, min_objects=args.min_objects,
@@ -48,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                   num_seg=args.num_seg, config=cfg, shard_size=args.shard_size,
                                   num_workers=args.workers, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:
-        print(f"make_synthetic: error: {e}", file=sys.stderr)
-        return 2
+        return fail("make_synthetic", e, args.debug)
     seconds = time.perf_counter() - start
     images = sum(s["images"] for s in manifest["splits"].values())
     summary = {split: {k: s[k] for k in ("images", "shards", "foreground_fraction")}

@@ -22,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ovseg.cli import add_debug, command, fail
+
 
 def _class_names(text: str, background: bool) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -44,6 +46,7 @@ def _read_rgb(path: Path):
     return read_rgb_file(path, upright=True)  # the orientation a viewer shows; a huge header is refused unread
 
 
+@command("predict")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint_*)")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bg-thresh", type=float, default=None)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
 
     import numpy as np
     import torch
@@ -72,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         ckpt = read_checkpoint(path)
         model = model_from_checkpoint(ckpt).to(device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: a --device torch cannot use
+        return fail("predict", e, args.debug)
     print(f"[ovseg] checkpoint {path} (step {ckpt.step}) on {device}; classes {names}", flush=True)
     out, used, failed, bank = Path(args.out), set(), 0, TextBank()
     for image_path in map(Path, args.images):

@@ -19,9 +19,11 @@ import json
 import logging
 import sys
 
+from ovseg.cli import add_debug, command
 from ovseg.data.captions.prepare import prepare_captions
 
 
+@command("prepare_captions")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,15 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=10, help="pair candidates stored per sample")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = add_debug(parser).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        summary = prepare_captions(args.input, args.output, vocab_path=args.vocab, workers=args.workers,
-                                   shard_size=args.shard_size, pairs=args.pairs, seed=args.seed,
-                                   progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    summary = prepare_captions(args.input, args.output, vocab_path=args.vocab, workers=args.workers,
+                               shard_size=args.shard_size, pairs=args.pairs, seed=args.seed, progress=not args.quiet)
     print(f"read {summary['samples_read']}, kept {summary['kept']}, without a pair {summary['without_pair']}")
     print("dropped:", json.dumps(summary["dropped"]))
     print("per entity:", json.dumps(summary["entities"]))

@@ -22,9 +22,11 @@ import argparse
 import json
 import sys
 
+from ovseg.cli import add_debug, command
 from ovseg.config import load_config
 
 
+@command("pretrain")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny", help="a named config (ovseg/configs) ...")
@@ -32,15 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run of the same train.run_name")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config_file or args.config, args.overrides)
-        from ovseg.train.pretrain import check_data
+    args = add_debug(p).parse_args(argv)
+    cfg = load_config(args.config_file or args.config, args.overrides)  # a mistake in it: one line (ovseg.cli)
+    from ovseg.train.pretrain import check_data
 
-        check_data(cfg)  # shards that exist, epochs whose length is known: before any worker starts
-    except (ValueError, FileNotFoundError) as exn:  # a mistake in the config, the overrides or the data: one line
-        print(f"pretrain: error: {exn}", file=sys.stderr)
-        return 2
+    check_data(cfg)  # shards that exist, epochs whose length is known: before any worker starts
 
     from ovseg.integrations.ray_train import run_pretraining
 

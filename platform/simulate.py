@@ -16,7 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from ovseg.cli import add_debug, command
 
+
+@command("simulate")
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -30,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs Ray may use")
     p.add_argument("--cpus-per-site", type=float, default=1.0)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. fed.rounds=5")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
 
     from ovseg.config import flat_overrides, load_config
     from ovseg.data.synthetic.world import ensure_synthetic_world
     from ovseg.federated.split import split_world
 
-    cfg = load_config(args.config, args.overrides)  # fails early, naming a bad key
+    cfg = load_config(args.config, args.overrides)  # fails early, naming a bad key (one line: ovseg.cli)
     sites = args.sites
     if sites is None:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -46,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             split_world(world, sites, kinds, alpha=args.alpha, seed=cfg.seed)
     num = len([d for d in Path(sites).glob("site-*") if d.is_dir()])
     if num == 0:
-        print(f"simulate: error: {sites} holds no site-* folders (make them with platform/make_sites.py)",
-              file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"{sites} holds no site-* folders (make them with platform/make_sites.py)")
     run_config = {"config": args.config, "fed.sites_dir": str(Path(sites).resolve()),
                   **flat_overrides(args.overrides)}
     if "fed.min_sites" not in run_config:

@@ -19,9 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import sys
 
+from ovseg.cli import add_debug, command
 from ovseg.config import load_config
 
 
+@command("sweep")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
@@ -33,16 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="runs/sweeps")
     p.add_argument("--resume", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every trial")
-    args = p.parse_args(argv)
+    args = add_debug(p).parse_args(argv)
 
     from ovseg.integrations.ray_tune import fixed_overrides, load_space, run_sweep
 
-    try:
-        space = load_space(args.space)
-        base = load_config(args.config_file or args.config, fixed_overrides(space) + args.overrides)
-    except (ValueError, FileNotFoundError) as exn:  # a mistake in the space, config or overrides: one line
-        print(f"sweep: error: {exn}", file=sys.stderr)
-        return 2
+    space = load_space(args.space)  # a mistake in the space, config or overrides: one line (ovseg.cli)
+    base = load_config(args.config_file or args.config, fixed_overrides(space) + args.overrides)
     run_sweep(base, space, num_samples=args.num_samples, name=args.name, output=args.output,
               resume=args.resume, max_concurrent=args.max_concurrent)
     return 0

@@ -1,5 +1,6 @@
 """Building the tree from dicts, YAML files and dotted overrides (``model.vision.num_output_groups=[8]``);
-flattening it back (MLflow params). Every value is coerced to its field's type, or a ValueError names the key."""
+flattening it back (MLflow params). Every value is coerced to its field's type, or a ConfigError (a ValueError)
+names the key; the sections then check their ranges and choices themselves (rules.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from typing import Any
 
 import yaml
 
+from .rules import ConfigError
 from .tree import Config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the annotated field type, or raise a ValueError naming the key."""
+    """Convert a YAML/CLI value to the annotated field type, or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"config key '{key}' is a section; expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' is a section; expected a mapping, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -34,16 +36,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
         (elem, *_rest) = typing.get_args(tp)
-        return tuple(_coerce(elem, v, key) for v in value)
+        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"config key '{key}' expects true/false, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key '{key}' expects an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; the key says it is a number
@@ -52,22 +54,26 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key '{key}' expects a number, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"config key '{key}' expects a string, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp} for '{key}'")
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a (partial) nested dict; unknown keys are errors."""
+    """Build dataclass ``cls`` from a (partial) nested dict; unknown keys are errors, and so is every value its
+    key does not allow (a ConfigError naming the key, the value and what is allowed)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {prefix.rstrip('.') or 'tree'} must be a mapping of keys to values, "
+                          f"got {type(data).__name__} {data!r:.80}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    unknown = {str(k) for k in data} - names
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -91,21 +97,44 @@ def flat_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override '{item}' is not of the form dotted.key=value")
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
         flat[key.strip()] = raw
     return flat
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["model.vision.depths=[2,2]", "seed=3"]`` -> nested dict; values are parsed as YAML."""
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (line and column, 1-based)."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
+
+
+def nest_overrides(flat: dict[str, Any]) -> dict:
+    """``{"model.vision.depths": "[2,2]", "seed": 3}`` -> nested dict; string values are parsed as YAML
+    ("[synthetic]" is a list, "null" is None, "" stays ""), other values are kept."""
     nested: dict = {}
-    for key, raw in flat_overrides(overrides).items():
+    for key, raw in flat.items():
         node = nested
-        *parents, leaf = key.split(".")
+        *parents, leaf = str(key).split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{p}' is given a value and sub-keys at once")
+        if isinstance(raw, str) and raw.strip():
+            try:
+                raw = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override '{key}={raw}': the value is not valid YAML ({_yaml_problem(e)})") from e
+        elif isinstance(raw, str):
+            raw = ""
+        node[leaf] = raw
     return nested
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["model.vision.depths=[2,2]", "seed=3"]`` -> nested dict; values are parsed as YAML."""
+    return nest_overrides(flat_overrides(overrides))
 
 
 def available_configs() -> list[str]:
@@ -116,9 +145,9 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
 
 
@@ -132,7 +161,7 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | tuple[str, ..
     else:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise ValueError(f"unknown config '{name_or_path}'; available: {available_configs()}")
+            raise ConfigError(f"unknown config '{name_or_path}'; available: {available_configs()}")
         data = _read_yaml(path)
         data.setdefault("name", name_or_path)
     data = merge_dicts(data, parse_overrides(overrides))

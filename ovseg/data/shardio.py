@@ -11,7 +11,11 @@ below is cheaper to get right once than once per caller:
   encoded with fixed encoder settings, so a seeded generator is byte-for-byte reproducible;
 * a tar is read as a stream of samples, consecutive members sharing a key (the webdataset convention); a
   shard that cannot be read, or that is cut short, is skipped and counted by reason in a
-  :class:`SkipCounter` (or raises, when the caller passes no counter), never silently replaced.
+  :class:`SkipCounter` (or raises, when the caller passes no counter), never silently replaced;
+* a sample's JSON is parsed by :func:`load_json`, which turns every way a hand-made file can fail (syntax,
+  nesting deep enough to exhaust the recursion limit, non-finite numbers) into one ``ValueError`` the
+  reader counts; no tar is written with a member name that an extracting consumer would follow outside its
+  folder (:func:`safe_key`, :func:`write_tar`).
 
 The two shard families differ in how a member name maps to a key and in how a cut-short tar is recognised;
 those differences are kept, on purpose and in one place, as the two :class:`TarLayout` values
@@ -22,17 +26,18 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import logging
+import math
 import os
 import tarfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
-
 
 
 # ------------------------------------------------------------------ skip counter
@@ -250,6 +255,82 @@ def read_tar(url: str, counter: SkipCounter | None = None,
         stream.close()
 
 
+# ------------------------------------------------------------------ sample JSON and member names
+
+MAX_JSON_DEPTH = 64  # far above any real sample's metadata, far below the ~1000 frames that exhaust the stack
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the range of a float")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), walked without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def load_json(data: bytes | str, *, finite: bool = False) -> Any:
+    """One sample's JSON; every way it can be unusable is a ``ValueError`` (the reader counts it as a skip).
+
+    Besides ``json.loads``'s own errors (syntax, UTF-8, integers over Python's digit limit): nesting deeper
+    than ``MAX_JSON_DEPTH`` (deeper still, the parser itself raises ``RecursionError``) and, with ``finite``,
+    NaN, Infinity and numbers beyond float range such as 1e999, which ``json.loads`` reads as inf. JSON has no
+    non-finite numbers, so a reader that writes the value back out passes ``finite``; the others check the
+    fields they use (:func:`json_int`).
+    """
+    hooks = {"parse_constant": _refuse_constant, "parse_float": _finite_float} if finite else {}
+    try:
+        value = json.loads(data, **hooks)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def json_int(value: Any, field: str) -> int:
+    """``value`` if it is a JSON integer; a float (1.0, 1e999, NaN) or a bool is a ``ValueError`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    return value
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an extracting consumer could write ``name`` outside its folder; None when it cannot."""
+    if name.startswith("/"):
+        return "an absolute name"
+    if "\\" in name:
+        return "a backslash (a folder separator on Windows)"
+    if ".." in name.split("/"):
+        return "a '..' component"
+    return None
+
+
+def safe_key(key: str) -> str:
+    """A sample key as a plain relative path: ``./a//b`` -> ``a/b``. A key with an absolute name, a ``..``
+    component or a backslash is a ``ValueError`` (which folder was meant cannot be told, so it is not guessed)."""
+    why = _unsafe_name(key)
+    if why:
+        raise ValueError(f"key {key!r} has {why}")
+    parts = [p for p in key.split("/") if p not in ("", ".")]
+    if not parts:
+        raise ValueError(f"key {key!r} is empty")
+    return "/".join(parts)
+
+
 # ------------------------------------------------------------------ writing atomically
 
 
@@ -285,11 +366,15 @@ def write_tar(path: str | os.PathLike, members: Iterable[tuple[str, bytes]], *, 
     """Stream ``(name, bytes)`` members (any iterable) into a reproducible tar, atomically.
 
     Headers are fixed (mtime 0, root owner, mode 0644, GNU format). Members keep the order given: a sample's
-    files must be consecutive (see :func:`read_tar`).
+    files must be consecutive (see :func:`read_tar`). A name an extracting consumer would follow outside its
+    folder (absolute, ``..``, backslash) is a ``ValueError``, and no file is left behind.
     """
     def fill(f: BinaryIO) -> None:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for name, data in members:
+                why = _unsafe_name(name)
+                if why:
+                    raise ValueError(f"{path}: refusing to write member {name!r}, which has {why}")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 info.uid = info.gid = 0

@@ -47,12 +47,14 @@ def test_round_trip_exact_and_sharded(tmp_path):
 
 
 def test_sixteen_bit_labels_and_custom_ignore(tmp_path):
-    classes = [f"c{i}" for i in range(300)]
-    label = np.array([[0, 299, 17], [0, 1, 7]])
+    classes = [f"c{i}" for i in range(200)]
+    label = np.array([[0, 199, 17], [0, 1, 1000]])  # ignore 1000 needs a 16-bit PNG
     write_seg_shards([SegSample("big", label, classes, image=np.zeros((2, 3, 3), np.uint8), image_ext="png",
-                                ignore_index=7)], tmp_path)
+                                ignore_index=1000)], tmp_path)
+    with tarfile.open(tmp_path / "shard-000000.tar") as tar:
+        assert Image.open(tar.extractfile("big.seg.png")).mode.startswith("I")
     (_, got, _, _), = iter_seg_shards(str(tmp_path / "shard-000000.tar"))
-    np.testing.assert_array_equal(got, [[0, 299, 17], [0, 1, 255]])  # ignore 7 -> 255
+    np.testing.assert_array_equal(got, [[0, 199, 17], [0, 1, 255]])  # ignore 1000 -> 255
 
 
 def test_readable_by_webdataset(tmp_path):

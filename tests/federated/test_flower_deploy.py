@@ -1,15 +1,19 @@
 """A real federation on loopback: SuperLink with TLS and node authentication, a caption site and a segmentation
-site (SuperNodes with their own keys), an unregistered intruder, a real MLflow server, `flwr run clients`.
+site (SuperNodes with their own keys), a registered site that tries to send out more than it may, an
+unregistered intruder, a real MLflow server, `flwr run` of the Flower app.
 
-One federation serves several checks (it is the expensive part): rounds 0..2 reach MLflow, the intruder is
-refused, every message the sites sent carried only parameter arrays and scalar metrics, a restarted
-federation resumes from its last checkpoint, and a SuperNode killed mid-run does not stop the run.
-Every process started here is stopped by its process-group id.
+The app is `clients/` as shipped plus one client mod (faulty_site.py) that acts only on the node whose node
+config says fault=1. One federation serves several checks (it is the expensive part): rounds 0..2 reach MLflow,
+the intruder is refused, the honest sites' messages carried only the announced arrays and the declared metrics,
+the faulty site's guard stopped each of its attempts with a fixed text, a restarted federation resumes from its
+last checkpoint, SecAgg+ reaches the plain federation's aggregate, and a SuperNode killed mid-run does not stop
+the run. Every process started here is stopped by its process-group id.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import tomllib
@@ -46,6 +50,17 @@ def _run_config(world: Path, out: Path, **extra) -> str:
     return " ".join(parts)
 
 
+def _app(root: Path) -> Path:
+    """clients/ with the fault mod: what every SuperNode of this federation runs."""
+    app = root / "app"
+    shutil.copytree(REPO / "clients", app, ignore=shutil.ignore_patterns("__pycache__", "*.fab"))
+    shutil.copy(Path(__file__).with_name("faulty_site.py"), app / "ovseg_fl" / "faulty_site.py")
+    (app / "ovseg_fl" / "client_app.py").write_text(
+        "from ovseg.integrations.flower import make_client_app\n\nfrom .faulty_site import fault_mod\n\n"
+        "app = make_client_app(extra_mods=[fault_mod])\n")
+    return app
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     from ovseg.data.synthetic.world import generate_world
@@ -55,7 +70,8 @@ def federation(tmp_path_factory):
     world = root / "world"
     generate_world(world, seed=2, num_train=160, num_val=8, num_seg=80, shard_size=80)
     split_world(world, root / "sites", ["caption", "segmentation"], alpha=1.0, seed=0, val_fraction=0.1)
-    certs = make_certs(root / "certs", "capsite", "segsite", "intruder")
+    certs = make_certs(root / "certs", "capsite", "segsite", "faulty", "intruder")
+    app = _app(root)
     home = root / "flwr"
     procs: list[subprocess.Popen] = []
     mlflow_proc, uri = start_mlflow(root)
@@ -64,21 +80,23 @@ def federation(tmp_path_factory):
         link, address = start_superlink(root, home, certs)
         procs.append(link)
         write_connection(home, "local-tls", address, certs / "ca.crt")
-        for site in ("capsite", "segsite"):
+        for site in ("capsite", "segsite", "faulty"):
             r = flwr(home, "supernode", "register", str(certs / f"{site}.pub"), "local-tls")
             assert r.returncode == 0 and "registered successfully" in r.stdout, r.stdout + r.stderr
         nodes = {}
         for name, site, kind in (("capsite", "site-00", "caption"), ("segsite", "site-01", "segmentation"),
-                                 ("intruder", "site-01", "segmentation")):
+                                 ("faulty", "site-01", "segmentation"), ("intruder", "site-01", "segmentation")):
             conf = f'data-path="{root / "sites" / site}" data-kind="{kind}" audit-log="{root / (name + ".audit")}"'
+            if name == "faulty":
+                conf += " fault=1"
             nodes[name] = start_supernode(root, home, name, address, conf, certs, certs / f"{name}.key")
             procs.append(nodes[name])
-        _wait_online(home, 2)
+        _wait_online(home, 3)
         t0 = time.time()
-        run = flwr(home, "run", "clients", "local-tls", "--stream", "--run-config",
+        run = flwr(home, "run", str(app), "local-tls", "--stream", "--run-config",
                    _run_config(world, root / "runs"), timeout=600, cwd=REPO)
         yield {"root": root, "home": home, "uri": uri, "run": run, "nodes": nodes, "world": world, "certs": certs,
-               "address": address, "seconds": time.time() - t0, "procs": procs}
+               "address": address, "seconds": time.time() - t0, "procs": procs, "app": app}
     finally:
         for p in reversed(procs):
             stop(p)
@@ -115,7 +133,9 @@ def test_two_rounds_reach_mlflow_with_every_round_scored(federation):
     assert all(0.0 <= v <= 1.0 for _, v in hist)
     rid = mlrun.info.run_id
     accepted = [m.value for m in client.get_metric_history(rid, "fed/sites_accepted")]
-    assert accepted == [2.0, 2.0]  # both sites' updates entered both rounds
+    assert accepted == [2.0, 2.0]  # both honest sites' updates entered both rounds
+    refused = [m.value for m in client.get_metric_history(rid, "fed/refused")]
+    assert refused == [1.0, 1.0]  # the faulty site's, stopped at the site by its guard
     sent = client.get_metric_history(rid, "fed/bytes_received")
     assert all(m.value > 1e6 for m in sent)
     assert mlrun.data.params["fed.strategy"] == "fedavg"
@@ -132,7 +152,7 @@ def test_unregistered_supernode_is_refused(federation):
     assert "No SuperNode found with the given public key" in superlink
     assert not (federation["root"] / "intruder.audit").exists()  # it never ran a round
     r = flwr(federation["home"], "supernode", "list", "local-tls", "--format", "json")
-    assert len(json.loads(r.stdout)["nodes"]) == 2
+    assert len(json.loads(r.stdout)["nodes"]) == 3  # the registered ones
 
 
 def test_sites_send_only_parameter_arrays_and_scalar_metrics(federation):
@@ -160,9 +180,63 @@ def test_sites_send_only_parameter_arrays_and_scalar_metrics(federation):
                 assert all(t in ("float", "int") for t in rec["values"].values()), rec["values"]
 
 
+def test_a_site_that_tries_to_send_more_is_stopped_by_its_own_guard(federation):
+    from faulty_site import SECRETS
+
+    from ovseg.integrations.flower.guard import GUARD_REFUSED, SITE_FAILED
+
+    entries = [json.loads(x) for x in (federation["root"] / "faulty.audit").read_text().splitlines()]
+    assert sorted(e["message_type"] for e in entries) == ["evaluate", "evaluate", "train", "train"]
+    assert all(e["error"] and e["records"] == {} for e in entries)  # nothing but an error left the site
+    assert {e["error_reason"] for e in entries} <= {GUARD_REFUSED, SITE_FAILED}
+    # the extra array, the wrong shape and the path-named metric were refused by content; the error text replaced
+    assert sum(bool(e["refused"]) for e in entries) == 3
+    assert sum(e["error_reason"] == SITE_FAILED for e in entries) == 1
+    seen = federation["run"].stdout + federation["run"].stderr + (federation["root"] / "superlink.log").read_text()
+    assert seen.count("the site's privacy guard refused the reply") == 2  # the server's two train refusals
+    assert not any(secret in seen for secret in SECRETS)
+
+
+def test_secure_aggregation_reaches_the_plain_aggregate(federation):
+    """The same two rounds with SecAgg+ (the faulty site drops out of each, as in the plain run): the server never
+    sees one site's update, and its model equals the plain federation's up to the protocol's quantisation."""
+    import torch
+
+    from ovseg.checkpoint import read_checkpoint
+    from ovseg.config import load_config
+    from ovseg.federated import build_site_model, exchange_keys
+
+    root = federation["root"]
+    t0 = time.time()
+    run = flwr(federation["home"], "run", str(federation["app"]), "local-tls", "--stream", "--run-config",
+               _run_config(federation["world"], root / "runs", **{"fed.run_name": "secagg", "fed.secagg": True}),
+               timeout=600, cwd=REPO)
+    seconds = time.time() - t0
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    print(f"\n[secagg] 2 rounds: {seconds:.0f} s with SecAgg+, {federation['seconds']:.0f} s without")
+    assert run.stdout.count("Secure aggregation completed") == 2
+    model, cfg = build_site_model(load_config(DEPLOYED_CONFIG))
+    keys = exchange_keys(model, cfg)
+
+    def weights(name, rnd):
+        return read_checkpoint(root / "runs" / name / f"round-{rnd:04d}.safetensors").weights
+
+    start, plain1, secure1 = weights("deploy", 0), weights("deploy", 1), weights("secagg", 1)
+    # round 1: each value of each site's delta is rounded to a step of 2 x clip / 2^22 (about 4e-6 at clip 8)
+    step = 2 * cfg.fed.secagg_clip / 2 ** 22
+    assert max(float((plain1[k] - secure1[k]).abs().max()) for k in keys) <= 2 * step
+    assert max(float((plain1[k] - start[k]).abs().max()) for k in keys) > 1e3 * step  # the round moved the model
+    # round 2 starts from models 4e-6 apart: the sites' training carries that difference, far below the change
+    plain2, secure2 = weights("deploy", 2), weights("secagg", 2)
+    diff = max(float((plain2[k] - secure2[k]).abs().max()) for k in keys)
+    change = max(float((plain2[k] - plain1[k]).abs().max()) for k in keys)
+    assert diff < 0.02 * change, (diff, change)
+    assert all(torch.isfinite(secure2[k]).all() for k in keys)
+
+
 def test_restarted_federation_resumes_from_its_last_round(federation):
     root = federation["root"]
-    run = flwr(federation["home"], "run", "clients", "local-tls", "--stream", "--run-config",
+    run = flwr(federation["home"], "run", str(federation["app"]), "local-tls", "--stream", "--run-config",
                _run_config(federation["world"], root / "runs", **{"fed.rounds": 3}), timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "resuming from" in run.stdout and "round-0002" in run.stdout
@@ -178,7 +252,8 @@ def test_killed_supernode_does_not_stop_the_federation(federation):
     cfg = _run_config(federation["world"], root / "runs", **{"fed.run_name": "survivor", "fed.min_sites": 1,
                                                             "fed.round_timeout": 60.0, "fed.rounds": 1})
     log_path = root / "survivor.out"
-    proc = subprocess.Popen([str(BIN / "flwr"), "run", "clients", "local-tls", "--stream", "--run-config", cfg],
+    proc = subprocess.Popen([str(BIN / "flwr"), "run", str(federation["app"]), "local-tls", "--stream",
+                             "--run-config", cfg],
                             env=flower_env(home), cwd=REPO, start_new_session=True,
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     try:

@@ -178,4 +178,4 @@ def test_the_script_refuses_a_bad_worker_count_in_one_line(tmp_path, cfg, model,
     spec.loader.exec_module(module)
     assert module.main([str(path), "--dataset", "synthetic", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --workers must be at least 1, got 0"]
+    assert err == ["evaluate: error: --workers must be at least 1, got 0"]

@@ -12,10 +12,14 @@ one ``EntityMatcher`` decides both, and its result is stored so that training ne
 
 Two passes over image shards: the first matches captions (one process per shard) and returns only keys
 and spans; pairs need the whole index, so they are drawn in between; the second copies kept samples into
-the output shards. Dropped samples are counted by reason: missing_image, missing_caption, bad_utf8,
-empty_caption, bad_json, no_entity, duplicate_key (a key seen in an earlier shard), and the shard reasons
-of ``sample.read_shard``. Images are not decoded here (a corrupt image is caught, and counted, by the loader).
-Every file is written under a temporary name and renamed.
+the output shards. Dropped samples are counted by reason: unsafe_name (a key with an absolute name, a
+``..`` component or a backslash: an extracting consumer of the output would write outside its folder;
+``./`` and doubled slashes are only normalised away), missing_image, missing_caption, bad_utf8,
+empty_caption, caption_too_long, bad_json (including JSON nested too deeply or holding NaN, Infinity or
+1e999: the json is written back out, and JSON has no such numbers), no_entity, duplicate_key (a key seen
+earlier, after normalisation), and the shard reasons of ``sample.read_shard``. Images are not decoded here
+(a corrupt image is caught, and counted, by the loader). Every file is written under a temporary name and
+renamed.
 """
 
 from __future__ import annotations
@@ -31,8 +35,16 @@ from tqdm import tqdm
 
 from ovseg.data.captions.entities import EntityMatcher, EntityVocab, load_vocab, unique_entities
 from ovseg.data.captions.pairing import pair_candidates
-from ovseg.data.captions.sample import SkipSample, image_bytes, read_caption, read_shard
-from ovseg.data.shardio import SkipCounter, atomic_write_bytes, expand_urls, sample_members, write_tar
+from ovseg.data.captions.sample import MAX_CAPTION_CHARS, SkipSample, image_bytes, read_caption, read_shard
+from ovseg.data.shardio import (
+    SkipCounter,
+    atomic_write_bytes,
+    expand_urls,
+    load_json,
+    safe_key,
+    sample_members,
+    write_tar,
+)
 
 TABLE_SUFFIXES = (".tsv", ".parquet")
 KEY_COLUMNS = ("key", "image_id", "url")
@@ -45,37 +57,53 @@ def _init_worker(vocab: EntityVocab) -> None:
 
 
 def _scan_shard(url: str) -> tuple[list, Counter, int]:
-    """Pass 1 on one shard: ``[(key, spans, position in shard)]`` of kept samples, drop counts, samples read."""
+    """Pass 1 on one shard: ``[(key, spans, position in shard)]`` of kept samples (the key normalised by
+    ``shardio.safe_key``), drop counts, samples read."""
     counter = SkipCounter()
     counts = counter.counts
     kept, read = [], 0
     for raw in read_shard(url, counter):
         read += 1
         try:
+            key = _output_key(raw["__key__"])
             image_bytes(raw)
             caption = read_caption(raw)
             if "json" in raw:
-                try:
-                    if not isinstance(json.loads(raw["json"]), dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as exn:
-                    raise SkipSample("bad_json", str(exn)) from None
+                _read_meta(raw)
         except SkipSample as exn:
-            counter.add(exn.reason, f"sample {raw['__key__']} of {url}", exn.detail)
+            counter.add(exn.reason, f"sample {raw['__key__']!r} of {url}", exn.detail)
             continue
         spans = _matcher.match(caption)
         if not spans:
             counts["no_entity"] += 1
             continue
-        kept.append((raw["__key__"], spans, read - 1))
+        kept.append((key, spans, read - 1))
     return kept, counts, read
 
 
-def _annotated_json(raw: dict, spans: list, pairs: list) -> bytes:
-    meta = json.loads(raw["json"]) if "json" in raw else {"key": raw["__key__"]}
+def _output_key(key: str) -> str:
+    try:
+        return safe_key(key)
+    except ValueError as exn:
+        raise SkipSample("unsafe_name", str(exn)) from None
+
+
+def _read_meta(raw: dict) -> dict:
+    """The sample's json as a dict, finite numbers only (it is written back out); SkipSample otherwise."""
+    try:
+        meta = load_json(raw["json"], finite=True)
+    except ValueError as exn:
+        raise SkipSample("bad_json", str(exn)) from None
+    if not isinstance(meta, dict):
+        raise SkipSample("bad_json", "not a JSON object")
+    return meta
+
+
+def _annotated_json(raw: dict, key: str, spans: list, pairs: list) -> bytes:
+    meta = _read_meta(raw) if "json" in raw else {"key": key}
     meta.update(entities=unique_entities(spans), entity_spans=[list(s) for s in spans],
                 pair_keys=[k for k, _ in pairs], pair_entities=[e for _, e in pairs])
-    return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    return json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _write_shard(task: tuple) -> list[tuple[str, int]]:
@@ -84,14 +112,15 @@ def _write_shard(task: tuple) -> list[tuple[str, int]]:
     url, out_dir, annotations, shard_size = task
 
     def kept():
-        # Same bytes as pass 1, so the same samples in the same order (counted there). The position
-        # tells a kept sample from a dropped one with the same key.
+        # Same bytes as pass 1, so the same samples in the same order (counted there); the position in the
+        # shard names a kept sample (a dropped one may share its key). Its output key is the normalised one.
         for position, raw in enumerate(read_shard(url, SkipCounter())):
-            ann = annotations.get(raw["__key__"])
-            if ann is None or ann[0] != position:
+            ann = annotations.get(position)
+            if ann is None:
                 continue
+            key, spans, pairs = ann
             out = {k: v for k, v in raw.items() if k != "json" and k != "__url__"}
-            out["json"] = _annotated_json(raw, ann[1], ann[2])
+            out["__key__"], out["json"] = key, _annotated_json(raw, key, spans, pairs)
             yield out
 
     stream, outputs = kept(), []
@@ -167,7 +196,7 @@ def prepare_shards(urls: list[str], out_dir: Path, vocab: EntityVocab, *, worker
     by_shard: dict[str, dict] = {url: {} for url in urls}
     for key, spans in spans_by_key.items():
         url, position = shard_of[key]
-        by_shard[url][key] = (position, spans, partners[key])
+        by_shard[url][position] = (key, spans, partners[key])
     tasks = [(url, str(out_dir), by_shard[url], shard_size) for url in urls]
     outputs = [p for paths in _map(_write_shard, tasks, workers, vocab, "write", progress) for p in paths]
     return _summary(read, spans_by_key, dropped, partners, pairs, seed, outputs)
@@ -183,9 +212,15 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
         return table.to_pylist(), table.column_names
     import csv
 
+    # The default field limit (131072 characters) would end the job on one long caption; longer than any
+    # caption kept (MAX_CAPTION_CHARS), a cell is still read, then dropped as caption_too_long.
+    csv.field_size_limit(max(csv.field_size_limit(), 16 * MAX_CAPTION_CHARS))
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return list(reader), list(reader.fieldnames or [])
+        try:
+            return list(reader), list(reader.fieldnames or [])
+        except csv.Error as exn:
+            raise ValueError(f"{path}, line {reader.line_num}: {exn}") from None
 
 
 def _match_chunk(captions: list[str]) -> list[list]:
@@ -201,14 +236,17 @@ def prepare_table(path: Path, out_dir: Path, vocab: EntityVocab, *, workers: int
     if key_col is None:
         raise ValueError(f"{path}: needs a key column, one of {KEY_COLUMNS} (columns: {columns})")
     captions = [(r["caption"] or "").strip() if isinstance(r["caption"], (str, type(None))) else "" for r in rows]
-    chunks = [captions[i:i + 2000] for i in range(0, len(captions), 2000)]
+    # The same length limit as for shards (``sample.read_caption``); such a caption is not even matched.
+    too_long = [len(c) > MAX_CAPTION_CHARS for c in captions]
+    matched = ["" if long else c for c, long in zip(captions, too_long)]
+    chunks = [matched[i:i + 2000] for i in range(0, len(matched), 2000)]
     spans = [s for chunk in _map(_match_chunk, chunks, workers, vocab, "match", progress) for s in chunk]
     dropped: Counter = Counter()
     kept: dict[str, list] = {}
     kept_rows = []
-    for lineno, (row, caption, sp) in enumerate(zip(rows, captions, spans), 2):
+    for row, caption, long, sp in zip(rows, captions, too_long, spans):
         key = str(row[key_col])
-        reason = "empty_caption" if not caption else "no_entity" if not sp else \
+        reason = "empty_caption" if not caption else "caption_too_long" if long else "no_entity" if not sp else \
             "duplicate_key" if key in kept else None
         if reason:
             dropped[reason] += 1

@@ -20,14 +20,14 @@ Decisions, each a deviation or a clarification of the released code:
 - Captions naming no entity are KEPT for the contrastive loss, as the reference does, with
   ``has_entity=False`` so the entity and mask losses can leave them out (counted as ``no_entity``).
 - Bad samples are skipped and counted by reason, never replaced: missing_image, missing_caption,
-  corrupt_image, bad_utf8, empty_caption, bad_json (plus the shard-level reasons of ``read_shard``:
-  unreadable_shard, truncated_shard).
+  corrupt_image, bad_utf8, empty_caption, caption_too_long (over ``MAX_CAPTION_CHARS``), bad_json (also
+  JSON nested too deeply, and spans that are not integers, such as 1e999 or NaN; see ``shardio.load_json``)
+  plus the shard-level reasons of ``read_shard``: unreadable_shard, truncated_shard.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections import Counter
 from typing import Any, Iterator
@@ -37,9 +37,12 @@ from PIL import Image
 
 from ovseg.data.captions.entities import EntityMatcher, answer_prompt, answer_prompts, mask_spans, unique_entities
 from ovseg.data.captions.transforms import build_image_transform
-from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar
+from ovseg.data.shardio import IMG2DATASET, SkipCounter, json_int, load_json, read_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# spaCy's default ``nlp.max_length``: the entity matcher refuses longer texts. Real captions are a few hundred
+# characters and the model reads 77 tokens, so a longer one is skipped rather than cut (docs/data.md).
+MAX_CAPTION_CHARS = 1_000_000
 
 CROSS_PROMPT = "A photo of {}"
 UNPAIRED_PROMPT = ""  # the cross-image prompt of a sample with no partner (its mask loss is off)
@@ -84,6 +87,8 @@ def read_caption(raw: dict) -> str:
     text = text.strip()
     if not text:
         raise SkipSample("empty_caption")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise SkipSample("caption_too_long", f"{len(text)} characters, over {MAX_CAPTION_CHARS}")
     return text
 
 
@@ -100,16 +105,24 @@ def read_spans(raw: dict, caption: str) -> list[tuple[int, int, str]] | None:
     if "json" not in raw:
         return None
     try:
-        meta = json.loads(raw["json"])
+        meta = load_json(raw["json"])
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
         spans = meta.get("entity_spans")
         if spans is None:
             return None
-        spans = [(int(s), int(e), str(c)) for s, e, c in spans]
-    except (ValueError, TypeError, AttributeError) as exn:
+        spans = [(json_int(s, "a span start"), json_int(e, "a span end"), _json_str(c)) for s, e, c in spans]
+    except (ValueError, TypeError) as exn:
         raise SkipSample("bad_json", str(exn)) from None
     if any(not 0 <= s < e <= len(caption) for s, e, _ in spans):
         raise SkipSample("bad_json", f"entity_spans {spans} do not fit a caption of {len(caption)} characters")
     return spans
+
+
+def _json_str(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"a span's entity must be a string, got {value!r}")
+    return value
 
 
 class SampleBuilder:

@@ -14,7 +14,9 @@ both kinds of supervision need (DESIGN.md, data flow):
   run on segmentation data too. Repeated captions within a batch are left out of the contrast
   (``caption_valid``); crops with no named foreground are left out of both text losses.
 
-Shards are read by ``shards.iter_seg_shards``: bad samples are skipped and counted, never replaced.
+Shards are read by ``shards.iter_seg_shards``: bad samples are skipped and counted, never replaced. A
+sample whose class names would grow the batch's vocabulary past 255 (label 255 is the ignore value) waits
+for no one: it is skipped and counted as ``too_many_classes``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ovseg.data.captions.loader import shuffle_buffer
 from ovseg.data.captions.sample import SampleBuilder, trim_padding
 from ovseg.data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ovseg.data.codecs import IGNORE
-from ovseg.data.segmentation.shards import SKIP_REASONS, iter_seg_shards
+from ovseg.data.segmentation.shards import MAX_CLASSES, SKIP_REASONS, iter_seg_shards
 from ovseg.data.shardio import SkipCounter, expand_urls
 
 PROMPT = "a photo of a {}."
@@ -155,12 +157,18 @@ class SegBatchLoader:
         while True:
             rng = random.Random(self.seed * 100003 + self.epoch)
             pending: list[dict] = []
+            names: set[str] = set()  # the pending batch's class vocabulary
             produced = 0
             for sample in self._samples(rng):
+                if len(names | set(sample[2])) > MAX_CLASSES:
+                    self.counter.add("too_many_classes", f"sample {sample[3]}", f"its classes would give the batch "
+                                     f"more than {MAX_CLASSES} names, and label {IGNORE} is the ignore value")
+                    continue
+                names.update(sample[2])
                 pending.append(self._example(sample, rng))
                 if len(pending) == self.batch_size:
                     yield self.collate(pending)
-                    pending, produced = [], produced + 1
+                    pending, names, produced = [], set(), produced + 1
             self.epoch += 1
             if produced == 0:
                 raise ValueError(f"segmentation shards {self.urls[:3]}... hold fewer readable samples than one "

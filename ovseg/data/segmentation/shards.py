@@ -14,22 +14,32 @@ Format (a plain tar, readable by ``webdataset.WebDataset`` as well as by this mo
 
 * A sample's members are consecutive in the tar and share ``key``; keys contain no dots (webdataset
   splits the extension at the first dot, so ``abc.seg.png`` is member ``seg.png`` of sample ``abc``).
-* Pixel value ``i`` means ``classes[i]``; ``ignore_index`` (default 255) marks unlabelled pixels.
-  Any other value is an error. The class list travels with every sample, so shards from different
-  sites (different vocabularies) can be mixed; a site whose class 0 is "background" says so by name.
-* The label map has exactly the image's height and width.
+* Pixel value ``i`` means ``classes[i]``; ``ignore_index`` (default 255) marks unlabelled pixels. It is
+  an integer outside the class range (a class's pixels must never read as unlabelled). Any other value is
+  an error. The class list travels with every sample, so shards from different sites (different
+  vocabularies) can be mixed; a site whose class 0 is "background" says so by name.
+* At most 255 classes: the reader gives labels with 255 = ignore, the value every loss and metric uses, so
+  a class 255 cannot be told from unlabelled pixels (16-bit label PNGs still carry an ignore value > 255).
+* The label map has exactly the image's height and width. A key is used once in a shard (as with
+  webdataset, a sample is named by shard and key), and a sample's members lie in one folder of the tar
+  (the key leaves the folder out, so members of two folders would merge).
 
 Reading never silently replaces a bad sample: it is skipped, its reason is counted in a
 ``shardio.SkipCounter`` and logged with the shard and key (tars are read by ``shardio.read_tar`` with its
 ``SEGMENTATION`` layout). Reasons: ``missing_image``, ``corrupt_image``,
 ``missing_mask``, ``corrupt_mask``, ``missing_meta``, ``corrupt_meta``, ``size_mismatch``,
-``label_out_of_range``, ``truncated_tar`` (the shard ends mid-file; samples before it are kept) and
-``unreadable_shard`` (missing file, or not a tar at all).
+``label_out_of_range``, ``too_many_classes``, ``duplicate_key`` (a key read earlier in the shard: the first
+stays; or consecutive members of two samples with one key, which cannot be told apart: none stays),
+``mixed_folders``, ``truncated_tar`` (the shard ends mid-file; samples before it are kept) and
+``unreadable_shard`` (missing file, or not a tar at all). ``corrupt_meta`` covers a json that does not
+parse or is nested too deeply (``shardio.load_json``), and a class list or ``ignore_index`` that breaks the
+rules above (a float, bool, NaN or 1e999 is not an integer).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -37,16 +47,18 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ovseg.data.codecs import decode_label, decode_rgb, encode_jpeg, encode_label_png, encode_png
-from ovseg.data.shardio import SEGMENTATION, SkipCounter, expand_urls, read_tar, write_tar
+from ovseg.data.codecs import IGNORE, decode_label, decode_rgb, encode_jpeg, encode_label_png, encode_png
+from ovseg.data.shardio import SEGMENTATION, SkipCounter, expand_urls, load_json, read_tar, write_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 MASK_EXT = "seg.png"
 META_EXT = "json"
 SKIP_REASONS = (
     "missing_image", "corrupt_image", "missing_mask", "corrupt_mask", "missing_meta", "corrupt_meta",
-    "size_mismatch", "label_out_of_range", "truncated_tar", "unreadable_shard",
+    "size_mismatch", "label_out_of_range", "too_many_classes", "duplicate_key", "mixed_folders",
+    "truncated_tar", "unreadable_shard",
 )
+MAX_CLASSES = IGNORE  # class indices 0..254: 255 is the ignore value of the labels the reader gives
 
 
 @dataclass
@@ -67,9 +79,33 @@ def _check_key(key: str) -> None:
         raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
 
 
+def check_ignore_index(value, num_classes: int) -> int:
+    """``value`` as the ignore index of a ``num_classes`` class list; ValueError unless it is an integer
+    (not a bool or a float) outside ``0..num_classes - 1``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"ignore_index must be an integer, got {value!r}")
+    if 0 <= value < num_classes:
+        raise ValueError(f"ignore_index {value} is a class (classes are 0..{num_classes - 1}): its pixels would "
+                         "read as unlabelled; it must lie outside the class range")
+    return int(value)
+
+
+def _too_many_classes(num_classes: int) -> str | None:
+    if num_classes <= MAX_CLASSES:
+        return None
+    return (f"{num_classes} classes, over {MAX_CLASSES}: class {IGNORE} would read as the ignore value {IGNORE} "
+            "of training and evaluation")
+
+
 def encode_sample(s: SegSample) -> list[tuple[str, bytes]]:
     """Validate one sample and return its tar members. Raises ValueError naming the sample."""
     _check_key(s.key)
+    try:
+        ignore_index = check_ignore_index(s.ignore_index, len(s.class_names))
+    except ValueError as exn:
+        raise ValueError(f"sample {s.key}: {exn}") from None
+    if _too_many_classes(len(s.class_names)):
+        raise ValueError(f"sample {s.key}: {_too_many_classes(len(s.class_names))}")
     label = np.asarray(s.label)
     if label.ndim != 2:
         raise ValueError(f"sample {s.key}: label must be (H, W), got shape {label.shape}")
@@ -83,11 +119,11 @@ def encode_sample(s: SegSample) -> list[tuple[str, bytes]]:
         image_bytes = s.image_bytes
     if s.image_ext not in IMAGE_EXTS:
         raise ValueError(f"sample {s.key}: image_ext must be one of {IMAGE_EXTS}, got {s.image_ext!r}")
-    bad = _out_of_range(label, len(s.class_names), s.ignore_index)
+    bad = _out_of_range(label, len(s.class_names), ignore_index)
     if bad.size:
         raise ValueError(f"sample {s.key}: label values {bad[:10].tolist()} are outside 0..{len(s.class_names) - 1} "
-                         f"and not the ignore index {s.ignore_index}")
-    meta = {"classes": list(s.class_names), "ignore_index": int(s.ignore_index)}
+                         f"and not the ignore index {ignore_index}")
+    meta = {"classes": list(s.class_names), "ignore_index": ignore_index}
     return [(f"{s.key}.{s.image_ext}", image_bytes),
             (f"{s.key}.{MASK_EXT}", encode_label_png(label)),
             (f"{s.key}.{META_EXT}", json.dumps(meta, sort_keys=True).encode())]
@@ -161,13 +197,18 @@ def decode_seg_sample(url: str, key: str, files: dict[str, bytes], counter: Skip
         counter.add("missing_meta", where, f"no {META_EXT} member with the class list")
         return None
     try:
-        meta = json.loads(files[META_EXT])
+        meta = load_json(files[META_EXT])
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
         classes = meta["classes"]
-        ignore_index = int(meta.get("ignore_index", 255))
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ValueError("'classes' must be a non-empty list of strings")
-    except (ValueError, KeyError, TypeError) as e:
+        ignore_index = check_ignore_index(meta.get("ignore_index", IGNORE), len(classes))
+    except (ValueError, KeyError) as e:
         counter.add("corrupt_meta", where, f"bad {META_EXT}: {e}")
+        return None
+    if _too_many_classes(len(classes)):
+        counter.add("too_many_classes", where, _too_many_classes(len(classes)))
         return None
     try:
         image = decode_rgb(files[image_ext])
@@ -187,10 +228,23 @@ def decode_seg_sample(url: str, key: str, files: dict[str, bytes], counter: Skip
         counter.add("label_out_of_range", where,
                     f"values {bad[:10].tolist()} outside 0..{len(classes) - 1} (ignore {ignore_index})")
         return None
-    if ignore_index != 255:
+    if ignore_index != IGNORE:
         # Downstream code (losses, mIoU) uses 255 as the one ignore value.
-        label = np.where(label == ignore_index, 255, label)
+        label = np.where(label == ignore_index, IGNORE, label)
     return image, label, list(classes), key
+
+
+def _grouping_problem(key: str, members: list[tuple[str, str, bytes]], seen: set[str]) -> tuple[str, str] | None:
+    """Why the members ``read_tar`` grouped under ``key`` are not one sample: (reason, detail), or None."""
+    folders = sorted({name.rpartition("/")[0] for name, _, _ in members})
+    if len(folders) > 1:
+        return "mixed_folders", f"its members lie in folders {folders[:5]}: {[n for n, _, _ in members[:6]]}"
+    repeated = sorted(e for e, n in Counter(ext for _, ext, _ in members).items() if n > 1)
+    if repeated:
+        return "duplicate_key", f"two samples share the key ({repeated} members repeat); neither is used"
+    if key in seen:
+        return "duplicate_key", "an earlier sample of this shard has this key; the first one stays"
+    return None
 
 
 def iter_seg_shards(urls: str | Sequence[str], counter: SkipCounter | None = None):
@@ -200,8 +254,14 @@ def iter_seg_shards(urls: str | Sequence[str], counter: SkipCounter | None = Non
     """
     counter = counter if counter is not None else SkipCounter(SKIP_REASONS)
     for url in expand_urls(urls, check=False):
+        seen: set[str] = set()  # keys of this shard so far
         for key, members in read_tar(url, counter, SEGMENTATION):
-            files = {ext: data for _, ext, data in members}  # a repeated extension: the later member wins
+            problem = _grouping_problem(key, members, seen)
+            seen.add(key)
+            if problem:
+                counter.add(problem[0], f"{url}:{key}", problem[1])
+                continue
+            files = {ext: data for _, ext, data in members}
             sample = decode_seg_sample(url, key, files, counter)
             if sample is not None:
                 yield sample

@@ -21,6 +21,7 @@ from ...federated.sites import Site, local_train, site_evaluate, site_metric_nam
 from .config import ARRAYS, CONFIG, FINGERPRINT, METRICS, config_from_run
 from .guard import dp_clipping_mod, privacy_guard_mod
 from .records import record_to_tensors, to_record
+from .secagg import secagg_mod
 
 
 def _site_of(context: Context, cfg: Config) -> tuple[Site, str | None]:
@@ -56,7 +57,10 @@ def _train(msg: Message, context: Context, run_config: dict) -> Message:
     conf = msg.content[CONFIG]
     rnd = int(conf.get("server-round", 0))
     mu = float(conf.get("proximal-mu", cfg.fed.proximal_mu))
-    seed = cfg.seed * 1_000_003 + rnd * 7919 + int(context.node_id % 1_000_000)
+    # a simulation's virtual site is its partition (node ids are drawn anew in every simulation), so a rerun draws
+    # the same batches; a deployed site is its node
+    site_id = int(context.node_config.get("partition-id", context.node_id))
+    seed = cfg.seed * 1_000_003 + rnd * 7919 + site_id % 1_000_000
     t0 = time.perf_counter()
     metrics = local_train(model, cfg, site, steps=cfg.fed.local_steps, seed=seed, proximal_mu=mu)
     arrays = to_record(get_tensors(model, keys), cfg.fed.transport)
@@ -79,7 +83,7 @@ def _evaluate(msg: Message, context: Context, run_config: dict) -> Message:
 def make_client_app(extra_mods: Iterable = (), run_config: dict | None = None) -> ClientApp:
     """The site's ClientApp. ``extra_mods`` run inside the privacy guard (tests inject faults with them);
     ``run_config`` gives defaults under the run's own config (``flwr.simulation.run_simulation`` has none)."""
-    app = ClientApp(mods=[privacy_guard_mod, *extra_mods, dp_clipping_mod])
+    app = ClientApp(mods=[privacy_guard_mod, secagg_mod, *extra_mods, dp_clipping_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

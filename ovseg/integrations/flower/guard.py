@@ -1,4 +1,5 @@
-"""Client mods: the privacy guard (only parameters and scalar metrics leave a site) and DP clipping."""
+"""Client mods: the privacy guard (only the announced parameters and the declared metrics leave a site) and DP
+clipping."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.common.constant import ErrorCode
 
 from ...federated.wire import BF16_WIRE
+from .config import ARRAYS, EVAL_METRICS, METRICS, train_metric_keys
+from .replies import announced_arrays, array_violations, record_layout, scalar_metrics
+from .secagg import is_secagg, secagg_violations
 
 log = logging.getLogger("ovseg.flower")
 
@@ -29,44 +33,71 @@ def describe(content: RecordDict) -> dict:
     return out
 
 
-def privacy_violations(content: RecordDict) -> list[str]:
-    """Anything an outgoing site message must not carry: only float arrays and numeric metrics may leave."""
+# what a site's reply may carry back, by the message type it answers (replies.py holds the rules)
+REPLY_RECORDS = {"train": {ARRAYS: ArrayRecord, METRICS: MetricRecord}, "evaluate": {METRICS: MetricRecord}}
+WIRE_DTYPES = ("float32", BF16_WIRE)
+# the only texts an error reply carries out of a site: fixed, whatever the site's exception said
+SITE_FAILED = "the site's app failed; the details stay in the site's log"
+GUARD_REFUSED = "the site's privacy guard refused the reply; the details stay in the site's log"
+
+
+def privacy_violations(content: RecordDict, message_type: str = "train",
+                       announced: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """Everything in an outgoing reply beyond what may leave: for a train reply, the arrays the server sent
+    (``announced``: names and shapes) in a parameter dtype and exactly the declared train metrics; for an
+    evaluate reply, exactly the declared evaluate metrics. Finite numbers only; no other record."""
+    expected = REPLY_RECORDS.get(message_type)
+    if expected is None:
+        return [f"a reply to a {message_type!r} message (sites answer only train and evaluate)"]
     bad = []
+    reason = record_layout(content, expected)
+    if reason is not None:
+        bad.append(reason)
     for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            for k, a in record.items():
-                if a.dtype not in ("float32", BF16_WIRE):
-                    bad.append(f"{name}/{k}: array dtype {a.dtype} (only float32 / bfloat16 parameters may leave)")
-        elif isinstance(record, MetricRecord):
-            for k, v in record.items():
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    bad.append(f"{name}/{k}: metric of type {type(v).__name__}")
-        else:
-            bad.append(f"{name}: a {type(record).__name__} (only ArrayRecord and MetricRecord may leave a site)")
+        if isinstance(record, ArrayRecord) and name in expected:
+            bad += [f"{name}: {b}" for b in array_violations(record, announced or {}, WIRE_DTYPES)]
+        elif isinstance(record, MetricRecord) and name in expected:
+            keys = train_metric_keys() if message_type == "train" else EVAL_METRICS
+            _, reason = scalar_metrics(record, keys)
+            if reason is not None:
+                bad.append(f"{name}: {reason}")
     return bad
 
 
+def _fixed_error(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
 def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
-    """Outermost client mod: refuse to send anything but parameter arrays and scalar metrics, and keep error
-    texts (which may name files, keys or captions) at the site, sending only the exception's type; optionally
-    append a description of every outgoing message to the node's ``audit-log`` file."""
+    """Outermost client mod: send only what ``privacy_violations`` allows, and error replies with a fixed text
+    (an exception's message may name the site's files or quote its captions: it stays in the site's log).
+    With ``audit-log`` in the node config, every outgoing reply is described (record kinds, array names,
+    dtypes and shapes, metric keys; never values) in that JSON-lines file, with what was refused and why."""
+    refused: list[str] = []
+    secagg, message_type = is_secagg(msg), msg.metadata.message_type  # before the mods below rewrite msg
+    announced = announced_arrays(msg.content) if message_type == "train" else {}
     try:
         reply = call_next(msg, context)
-    except Exception as e:  # noqa: BLE001 - an error text may name the site's files: it stays in the site's log
-        log.exception("the site's %s action failed", msg.metadata.message_type)
-        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                              reason=f"the site failed with {type(e).__name__}; details stay in the site's log"),
-                        reply_to=msg)
-    if not reply.has_error():
-        bad = privacy_violations(reply.content)
-        if bad:
-            log.error("privacy guard: refusing to send %s", bad)
-            reply = Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION,
-                                  reason="privacy guard refused the reply (see the site's log)"), reply_to=msg)
+    except Exception:  # noqa: BLE001 - the text stays here
+        log.exception("the site's %s action failed", message_type)
+        reply = _fixed_error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, SITE_FAILED)
+    if reply.has_error():
+        if reply.error.reason not in (SITE_FAILED, GUARD_REFUSED):
+            log.error("the site's %s action replied with an error: %s", message_type,
+                      reply.error.reason)
+            reply = _fixed_error(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, SITE_FAILED)
+    else:  # under SecAgg+ the plain update was checked before it was masked (secagg._delta_reply)
+        refused = (secagg_violations(reply.content) if secagg else
+                   privacy_violations(reply.content, message_type, announced))
+        if refused:
+            log.error("privacy guard: refusing to send the %s reply: %s", message_type, refused)
+            reply = _fixed_error(msg, ErrorCode.MOD_FAILED_PRECONDITION, GUARD_REFUSED)
     audit = context.node_config.get("audit-log")
     if audit:
-        entry = {"message_type": reply.metadata.message_type, "error": reply.has_error(),
-                 "records": {} if reply.has_error() else describe(reply.content)}
+        entry = {"message_type": message_type, "error": reply.has_error(),
+                 "error_code": reply.error.code if reply.has_error() else None,
+                 "error_reason": reply.error.reason if reply.has_error() else None,
+                 "records": {} if reply.has_error() else describe(reply.content), "refused": refused}
         with open(str(audit), "a") as f:
             f.write(json.dumps(entry) + "\n")
     return reply

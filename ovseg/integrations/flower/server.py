@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from ...checkpoint import read_checkpoint, save_checkpoint
@@ -26,7 +26,7 @@ def latest_round(ckpt_dir: Path) -> Path | None:
     return files[-1] if files else None
 
 
-def run_server(grid: Grid, run_config: dict) -> dict:
+def run_server(grid: Grid, run_config: dict, context: Context | None = None) -> dict:
     """The coordinator's federation: resume or start, run the remaining rounds, evaluate, log, checkpoint."""
     from ...data.synthetic.world import synthetic_root
     from ...eval.evaluate import parse_eval_sets
@@ -84,9 +84,16 @@ def run_server(grid: Grid, run_config: dict) -> dict:
     initial = to_record(get_tensors(model, keys), "float32")
     train_config = ConfigRecord({FINGERPRINT: fingerprint})
     try:
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=remaining, timeout=cfg.fed.round_timeout,
-                       train_config=train_config, evaluate_config=ConfigRecord({FINGERPRINT: fingerprint}),
-                       evaluate_fn=evaluate_fn)
+        if cfg.fed.secagg:
+            from .secagg import run_secagg
+
+            run_secagg(grid, context or Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
+                                                run_config={}),
+                       cfg, keys, initial, fingerprint, strategy, evaluate_fn, remaining)
+        else:
+            strategy.start(grid=grid, initial_arrays=initial, num_rounds=remaining, timeout=cfg.fed.round_timeout,
+                           train_config=train_config, evaluate_config=ConfigRecord({FINGERPRINT: fingerprint}),
+                           evaluate_fn=evaluate_fn)
     except BaseException:
         tracker.close("FAILED")
         raise
@@ -101,6 +108,6 @@ def make_server_app(run_config: dict | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        run_server(grid, {**(run_config or {}), **dict(context.run_config)})
+        run_server(grid, {**(run_config or {}), **dict(context.run_config)}, context)
 
     return app

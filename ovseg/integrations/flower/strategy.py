@@ -1,8 +1,11 @@
 """The server's strategy: any Flower strategy, wrapped so that only checked updates reach aggregation.
 
-The strategy (FedAvg, FedProx, FedAdam, FedTrimmedAvg, FedMedian; optionally wrapped in Flower's
-differential-privacy clipping) sees only updates that passed ``ovseg.federated.wire.check_update``; refusals
-are logged with the node and the reason (MLflow ``fed/refused`` and a text artifact).
+The strategy (FedAvg, FedProx, FedAdam; the robust FedTrimmedAvg, FedMedian, Krum, MultiKrum, Bulyan;
+optionally wrapped in Flower's differential-privacy clipping) sees only replies that passed every check, one site
+at a time (``replies.check_train_metrics``: the records, the metric keys, finite numbers, an example count no
+larger than one round can use; ``ovseg.federated.wire.check_update``: the arrays and the update norm). A refused
+site is logged with the reason (MLflow ``fed/refused`` and ``refusals.jsonl``) and the round goes on without it;
+sites that did not answer by ``fed.round_timeout`` are counted (``fed/stragglers``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from flwr.serverapp import strategy as fl_strategy
 from ...config import Config
 from ...federated.wire import check_update
 from ...train.task import metric_names
-from .config import ARRAYS, METRICS, STRATEGIES
+from .config import ARRAYS, METRICS, STRATEGIES, max_examples, train_metric_keys
 from .records import from_record, record_to_numpy_f32
+from .replies import check_evaluate_reply, check_train_metrics
 
 log = logging.getLogger("ovseg.flower")
 
@@ -40,6 +44,13 @@ def build_strategy(cfg: Config) -> fl_strategy.Strategy:
         inner = fl_strategy.FedTrimmedAvg(**common, beta=f.trim_beta)
     elif f.strategy == "fedmedian":
         inner = fl_strategy.FedMedian(**common)
+    elif f.strategy == "krum":
+        inner = fl_strategy.Krum(**common, num_malicious_nodes=f.num_malicious)
+    elif f.strategy == "multikrum":
+        inner = fl_strategy.MultiKrum(**common, num_malicious_nodes=f.num_malicious,
+                                      num_nodes_to_select=f.krum_select)
+    elif f.strategy == "bulyan":
+        inner = fl_strategy.Bulyan(**common, num_malicious_nodes=f.num_malicious)
     else:
         raise ValueError(f"fed.strategy must be one of {STRATEGIES}, got {f.strategy!r}")
     if f.dp.noise_multiplier > 0:
@@ -88,40 +99,51 @@ class GuardedStrategy(fl_strategy.Strategy):
         self.reference: dict[str, np.ndarray] = {}
         self.refusals: list[dict] = []
         self.site_eval: dict[int, dict[str, float]] = {}  # round -> {"<node id>": its own val mIoU}
+        self._sent: set[int] = set()
+        self.late: dict[int, list[int]] = {}  # round -> the sites whose reply did not come by fed.round_timeout
 
     def summary(self) -> None:
         self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self.reference = {k: v.astype(np.float64) for k, v in record_to_numpy_f32(arrays).items()}
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent = {m.metadata.dst_node_id for m in messages}  # a site not heard from by the deadline is late
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         step = self.offset + server_round
+        replies = list(replies)
         kept, site_metrics = [], {}
+        keys, cap = train_metric_keys(), max_examples(self.cfg)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                self._refuse(step, node, f"the site failed: {msg.error.reason}")
+                self._refuse(step, node, f"the site failed: {msg.error.reason} (code {msg.error.code})")
                 continue
-            try:
-                arrays, dtypes = from_record(msg.content[ARRAYS])
-                metrics = dict(msg.content[METRICS])
-            except (KeyError, ValueError, TypeError) as e:
-                self._refuse(step, node, f"unreadable reply: {e}")
-                continue
-            values, reason = check_update(arrays, dtypes, self.reference, self.cfg.fed.transport,
-                                          self.cfg.fed.max_update_norm)
-            if reason is None and not float(metrics.get("num-examples", 0)) > 0:
-                reason = "num-examples must be > 0"
+            metrics, reason = check_train_metrics(msg.content, keys, cap)
+            if reason is None:
+                try:
+                    arrays, dtypes = from_record(msg.content[ARRAYS])
+                except (ValueError, TypeError) as e:
+                    reason = f"unreadable arrays: {e}"
+                else:
+                    values, reason = check_update(arrays, dtypes, self.reference, self.cfg.fed.transport,
+                                                  self.cfg.fed.max_update_norm)
             if reason is not None:
                 self._refuse(step, node, reason)
                 continue
-            if dtypes and next(iter(dtypes.values())) != "float32":  # aggregate in float32
-                msg.content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in values.items()})
+            # the strategy sees a clean copy: float32 arrays and exactly the declared metrics
+            content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in values.items()}),
+                                  METRICS: MetricRecord(metrics)})
+            msg.content = content
             kept.append(msg)
             site_metrics[node] = metrics
-        self._log_sites(step, site_metrics)
+        late = sorted(self._sent - {m.metadata.src_node_id for m in replies})
+        if late:
+            self.late[step] = late
+            print(f"[ovseg-fl] round {step}: {len(late)} late site(s) dropped from the round: {late}", flush=True)
+        self._log_sites(step, site_metrics, len(late))
         if not kept:
             log.warning("round %d: no valid update; the global model stays as it was", step)
             return None, None
@@ -145,11 +167,19 @@ class GuardedStrategy(fl_strategy.Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         step = self.offset + server_round
-        own = {}  # each site's mIoU on its own labelled split: what the federation did for its data
+        own, valid = {}, []  # each site's mIoU on its own labelled split: what the federation did for its data
         for msg in replies:
-            score = None if msg.has_error() else site_score(msg.content)
-            if score is not None and np.isfinite(score[1]):
-                own[int(msg.metadata.src_node_id)] = score[1]
+            if msg.has_error():
+                continue
+            metrics, reason = check_evaluate_reply(msg.content)
+            if reason is not None:
+                self._refuse(step, msg.metadata.src_node_id, f"evaluate reply: {reason}")
+                continue
+            msg.content = RecordDict({METRICS: MetricRecord(metrics)})
+            valid.append(msg)
+            if metrics["num-examples"] > 0:
+                own[int(msg.metadata.src_node_id)] = metrics["site-miou"]
+        replies = valid
         if own:
             self.site_eval[step] = {str(k): v for k, v in sorted(own.items())}
             self.tracker.log_metrics({f"site/{node}/val_miou": v for node, v in own.items()}, step)
@@ -166,8 +196,8 @@ class GuardedStrategy(fl_strategy.Strategy):
         self.refusals.append({"round": step, "node": int(node), "reason": reason})
         self.tracker.log_text("\n".join(json.dumps(r) for r in self.refusals), "refusals.jsonl")
 
-    def _log_sites(self, step: int, site_metrics: dict[int, dict]) -> None:
-        out = {"fed/sites_accepted": float(len(site_metrics)),
+    def _log_sites(self, step: int, site_metrics: dict[int, dict], late: int) -> None:
+        out = {"fed/sites_accepted": float(len(site_metrics)), "fed/stragglers": float(late),
                "fed/refused": float(sum(r["round"] == step for r in self.refusals))}
         for node, m in site_metrics.items():
             for k in (*metric_names(), "num-examples", "bytes-sent"):
