@@ -15,6 +15,9 @@ of every dataset's images; the confusion matrices are summed, so the metrics are
 Open vocabulary: ``--class-names voc=voc-synonyms.yaml`` also scores VOC with every class prompted by the
 file's name (``{aeroplane: airliner, ...}``), logged as ``voc-voc-synonyms``; ``synthetic-unseen`` is the
 synthetic val split under names no caption of the world uses.
+
+A sample whose image or label cannot be read (corrupt, or a header declaring too many pixels) is named on
+stderr, skipped and counted (``zeroshot/<dataset>/skipped``); the others are scored, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    indent=1).encode())
     if uri and not tracker.enabled:
         print(f"error: the results above were not logged to MLflow at {uri}", file=sys.stderr)
+        return 1
+    skipped = {res.name: res.skipped for res in results if res.skipped}
+    if skipped:
+        print(f"error: samples skipped (their files could not be read; named above): {skipped}; the metrics "
+              "leave them out", file=sys.stderr)
         return 1
     return 0
 

@@ -4,8 +4,10 @@
         [--num-seg 1000] [--image-size 64] [--min-objects 1 --max-objects 4] \
         [--min-scale 0.3 --max-scale 0.6] [--classes cat,dog,car,...] [--shard-size 1000] [--workers 1]
 
-Writes train/ caption shards, seg/ segmentation shards, a VOC-layout val/ split and manifest.json
-(layout: ovseg/data/synthetic/world.py). The same seed and arguments give byte-identical files.
+Writes train/ caption shards, seg/ segmentation shards, a VOC-layout val/ split, manifest.json and
+ovseg-world.json, the list of the files written (layout: ovseg/data/synthetic/world.py). The same seed and
+arguments give byte-identical files. --overwrite replaces only an earlier world (a valid ovseg-world.json), and
+deletes only the files it lists; any other non-empty --out is refused and left as it is.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default=",".join(DEFAULT_CLASSES), help="comma-separated CC4M entities")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1, help="processes; the output does not depend on it")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier world in --out (only the files its ovseg-world.json lists)")
     args = add_debug(p).parse_args(argv)
     try:
         cfg = SyntheticConfig(classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),

@@ -7,8 +7,9 @@ For ``photo.jpg`` it writes ``preds/photo.label.png`` (a palette PNG of the inpu
 class indices: 0 = background, then the classes in the order given) and ``preds/photo.overlay.png`` (the image
 blended with the class colours, with a legend). ``--background`` (the default) adds a background class by the
 protocol's threshold (``--bg-thresh``, default the checkpoint's eval.bg_thresh, else 0.95); ``--no-background``
-labels every pixel with one of the given classes. An image that cannot be read is reported by name and
-skipped; the exit code is then 1.
+labels every pixel with one of the given classes. An image that cannot be read (corrupt, or a header declaring
+more pixels than ``ovseg.data.codecs.MAX_PIXELS``, refused before decoding) or segmented is reported by name
+and skipped, the images after it are still written; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -40,17 +41,9 @@ def _class_names(text: str, background: bool) -> list[str]:
 
 
 def _read_rgb(path: Path):
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from ovseg.data.codecs import read_rgb_file
 
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # the orientation a viewer shows
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"not a readable image ({e.__class__.__name__}: {e})") from None
+    return read_rgb_file(path, upright=True)  # the orientation a viewer shows; a huge header is refused unread
 
 
 @command("predict")
@@ -89,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     for image_path in map(Path, args.images):
         try:
             rgb = _read_rgb(image_path)
-        except ValueError as e:
-            print(f"error: {image_path}: {e}; skipped", file=sys.stderr, flush=True)
+            labels = segment(model, rgb, names, protocol=ckpt.config.eval, bank=bank, background=args.background,
+                             bg_thresh=args.bg_thresh)
+        except (ValueError, RuntimeError) as e:  # unreadable, too many pixels, too thin for the model's windows
+            why = e if isinstance(e, ValueError) else f"cannot be segmented ({e.__class__.__name__}: {e})"
+            print(f"error: {image_path}: {why}; skipped", file=sys.stderr, flush=True)
             failed += 1
             continue
-        labels = segment(model, rgb, names, protocol=ckpt.config.eval, bank=bank, background=args.background,
-                         bg_thresh=args.bg_thresh)
         stem, k = image_path.stem, 1
         while stem in used:  # two inputs with the same name from different folders
             stem, k = f"{image_path.stem}-{k}", k + 1

@@ -212,6 +212,9 @@ class EvalConfig(Checked):
     stride: int = positive(224)  # at most crop_size: windows must cover the image
     bg_thresh: float | None = unit(None)  # None: each dataset's protocol value (VOC 0.95, Context 0.35, COCO 0.9)
     top_k: int = positive(5)
+    # sliding windows sent through the model at once: bounds the memory of one image, whatever its shape (a
+    # panorama has thousands of windows); the scores do not depend on it
+    window_batch: int = positive(16)
     # evaluation sets: "name=/path" (voc, context60, context59, coco_object, ade20k, synthetic); a bare
     # "synthetic" is the embedded synthetic world's val split
     datasets: tuple[str, ...] = text(("synthetic",), nonempty=True)

@@ -3,17 +3,24 @@
 Fixed encoder settings, so a seeded generator is byte-for-byte reproducible; label maps are single-channel
 PNGs (8-bit grey or palette for up to 256 classes, 16-bit grey above), read back as int64 class indices.
 The palette is PASCAL VOC's colour map (bit-interleaved class index), with the ignore value drawn white.
+Image and label files given by a user (benchmarks, ``platform/predict.py``) are read by ``read_rgb_file`` /
+``read_label_file``: every failure is a ValueError saying why, and a header declaring more than
+``MAX_PIXELS`` pixels is refused before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 JPEG_QUALITY = 95
 IGNORE = 255
+# PIL's decompression-bomb error limit (twice its default MAX_IMAGE_PIXELS), fixed here so that a file read by
+# read_rgb_file / read_label_file is bounded whatever another library sets Image.MAX_IMAGE_PIXELS to
+MAX_PIXELS = 2 * 89_478_485
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -75,6 +82,41 @@ def decode_label(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return label_array(img)
+
+
+def _read_file(path: str | Path, decode) -> np.ndarray:
+    """Open ``path``, check the size its header declares, then ``decode(img)``; any failure -> ValueError."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"its header declares {width} x {height} pixels, more than the {MAX_PIXELS} "
+                                 "an image may have (a corrupt or hostile file?)")
+            return decode(img)
+    except ValueError:
+        raise
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except Exception as e:  # noqa: BLE001  PIL raises many types for corrupt bytes (OSError, SyntaxError...)
+        raise ValueError(f"not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def read_rgb_file(path: str | Path, upright: bool = False) -> np.ndarray:
+    """An image file -> RGB uint8 HxWx3; ``upright``: turned as its EXIF orientation says (as a viewer shows it)."""
+    def decode(img: Image.Image) -> np.ndarray:
+        img.load()
+        if upright:
+            img = ImageOps.exif_transpose(img)
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    return _read_file(path, decode)
+
+
+def read_label_file(path: str | Path) -> np.ndarray:
+    """A label-map file -> int64 HxW class indices (see :func:`label_array`)."""
+    def decode(img: Image.Image) -> np.ndarray:
+        img.load()
+        return label_array(img)
+    return _read_file(path, decode)
 
 
 def palette(n: int = 256, ignore: int | None = IGNORE) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 Used by pretraining (every N steps), the Flower server (every round) and Tune trials (every report).
 Returns the confusion matrix (mergeable), the per-class table and a few overlay images
-(image | ground truth | prediction) for the tracker.
+(image | ground truth | prediction) for the tracker. A sample whose image or label cannot be read (the
+benchmark raises ValueError naming the file) is skipped, named on stderr and counted (``skipped``).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import EvalConfig
 from ..data.codecs import IGNORE
@@ -28,7 +31,8 @@ class EvalResult:
     name: str
     class_names: list[str]
     confusion: ConfusionMatrix
-    num_images: int
+    num_images: int  # images scored
+    skipped: int = 0  # samples whose image or label could not be read
     overlays: list[Image.Image] = field(default_factory=list)
 
     @property
@@ -36,8 +40,9 @@ class EvalResult:
         return self.confusion.miou()
 
     def metrics(self, prefix: str = "zeroshot") -> dict[str, float]:
-        """``zeroshot/<dataset>/miou`` and ``zeroshot/<dataset>/iou/<class>`` (classes with an IoU)."""
-        out = {f"{prefix}/{self.name}/miou": self.miou}
+        """``zeroshot/<dataset>/miou``, ``zeroshot/<dataset>/iou/<class>`` (classes with an IoU) and
+        ``zeroshot/<dataset>/skipped`` (samples that could not be read)."""
+        out = {f"{prefix}/{self.name}/miou": self.miou, f"{prefix}/{self.name}/skipped": float(self.skipped)}
         for name, iou in zip(self.class_names, self.confusion.iou()):
             if not np.isnan(iou):
                 out[f"{prefix}/{self.name}/iou/{_metric_name(name)}"] = float(iou)
@@ -67,14 +72,15 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
     """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it.
 
     ``protocol``: the ``eval`` section of a config (GroupViT's values when None). ``bg_thresh`` overrides the
-    benchmark's own background threshold. ``on_image(i)`` is called after image ``i`` is scored (progress bars).
+    benchmark's own background threshold. ``on_image(i)`` is called after image ``i`` is scored or skipped
+    (progress bars); a sample that cannot be read is named on stderr and counted in ``skipped``.
     ``part=(k, K)``: score only the k-th of K shares of the images (``share``); the K confusion matrices
     summed are the whole benchmark's (``num_images`` is then this share's count).
     """
     names = list(bench.class_names)
     thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
     cm = ConfusionMatrix(len(names), IGNORE)
-    overlays = []
+    overlays, skipped = [], 0
     n = len(bench) if max_images is None else min(len(bench), max_images)
     indices = share(n, *part)
     bank = TextBank()
@@ -83,7 +89,15 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
         model.eval()
     try:
         for i in indices:
-            image, label, _ = bench[i]
+            try:
+                image, label, _ = bench[i]
+            except ValueError as e:  # an unreadable or inconsistent file: this sample only
+                # tqdm.write: on a line of its own above a progress bar, if one is drawn
+                tqdm.write(f"[ovseg] skipped {getattr(bench, 'name', 'dataset')} sample {i}: {e}", file=sys.stderr)
+                skipped += 1
+                if on_image is not None:
+                    on_image(i)
+                continue
             pred = segment(model, image, names, protocol=protocol, bank=bank, bg_thresh=thr)
             cm.update(pred, label)
             if len(overlays) < num_overlays:
@@ -93,7 +107,7 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
     finally:
         if was_training:
             model.train()
-    return EvalResult(getattr(bench, "name", "dataset"), names, cm, len(indices), overlays)
+    return EvalResult(getattr(bench, "name", "dataset"), names, cm, len(indices) - skipped, skipped, overlays)
 
 
 def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:

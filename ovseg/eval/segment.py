@@ -81,23 +81,35 @@ def _to_uint8_rgb(image) -> np.ndarray:
     return image
 
 
+def segment(model, image, class_names: list[str], **options) -> np.ndarray:
+    """Label every pixel of ``image`` with an index into ``class_names``; returns an (H, W) int64 array:
+    the argmax of :func:`segment_logits` (same options)."""
+    return segment_logits(model, image, class_names, **options).argmax(0).cpu().numpy().astype(np.int64)
+
+
 @torch.no_grad()
-def segment(model, image, class_names: list[str], *, protocol: EvalConfig | None = None, bank: TextBank | None = None,
-            templates: tuple[str, ...] | None = None,
-            short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
-            bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None) -> np.ndarray:
-    """Label every pixel of ``image`` with an index into ``class_names``; returns an (H, W) int64 array.
+def segment_logits(model, image, class_names: list[str], *, protocol: EvalConfig | None = None,
+                   bank: TextBank | None = None, templates: tuple[str, ...] | None = None,
+                   short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
+                   bg_thresh: float | None = None, top_k: int | None = None, background: bool | None = None,
+                   window_batch: int | None = None) -> torch.Tensor:
+    """The averaged window scores of ``image`` resized to it: (C, H, W), C = ``len(class_names)``.
 
     The model is read through its declared contract only: ``tokenizer``, ``encode_text``, ``encode_image``,
     ``scale()``, ``logit_scale``. Protocol defaults come from ``protocol`` (a config's ``eval`` section; the
     GroupViT values when None); keyword arguments override single values. ``bank`` caches the class
     embeddings across calls (pass one ``TextBank`` when segmenting many images). ``background`` defaults to
     whether the first class name is "background"; that class gets no prompt and is assigned by threshold.
+    ``window_batch`` windows go through the model at once (``protocol.window_batch``), so memory is bounded by
+    it and by the scaled image's score map, not by the number of windows; the result does not depend on it.
     """
     proto = protocol or EvalConfig()
     templates = tuple(templates or proto.templates)
     short_side, crop_size = short_side or proto.short_side, crop_size or proto.crop_size
     stride, top_k = stride or proto.stride, top_k or proto.top_k
+    window_batch = proto.window_batch if window_batch is None else window_batch
+    if window_batch < 1:
+        raise ValueError(f"the window batch (eval.window_batch) must be at least 1, got {window_batch}")
     if bg_thresh is None:
         bg_thresh = proto.bg_thresh if proto.bg_thresh is not None else 0.95  # VOC's value when none is given
     names = list(class_names)
@@ -121,15 +133,17 @@ def segment(model, image, class_names: list[str], *, protocol: EvalConfig | None
         std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
         x = (x - mean) / std
         boxes = slide_windows(h, w, crop_size, stride)
-        windows = torch.cat([x[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in boxes])
-        scores = window_logits(model, windows, text_emb, background, bg_thresh, top_k)
-        total = torch.zeros(1, scores.shape[1], h, w, device=device)
+        total = torch.zeros(1, len(names), h, w, device=device)
         count = torch.zeros(1, 1, h, w, device=device)
-        for (y1, x1, y2, x2), s in zip(boxes, scores):
-            total[:, :, y1:y2, x1:x2] += s
-            count[:, :, y1:y2, x1:x2] += 1
+        for start in range(0, len(boxes), window_batch):  # window_batch windows at a time: bounded memory
+            chunk = boxes[start:start + window_batch]
+            windows = torch.cat([x[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in chunk])
+            scores = window_logits(model, windows, text_emb, background, bg_thresh, top_k)  # (b, C, h', w')
+            for (y1, x1, y2, x2), s in zip(chunk, scores):
+                total[:, :, y1:y2, x1:x2] += s
+                count[:, :, y1:y2, x1:x2] += 1
         logits = F.interpolate(total / count, size=(H, W), mode="bilinear", align_corners=False)
-        return logits[0].argmax(0).cpu().numpy().astype(np.int64)
+        return logits[0]
     finally:
         if was_training:
             model.train()

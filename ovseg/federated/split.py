@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -52,12 +54,13 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
         raise FileNotFoundError(f"{world} is not a synthetic world (no manifest.json); make one with "
                                 "platform/make_synthetic.py")
     classes = [c for c in json.loads(manifest_path.read_text())["classes"] if c != "background"]
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite)")
+        earlier_split(out)  # refuses anything but what an earlier split wrote, before any work
     rng = np.random.default_rng(seed)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # ours alone to delete
     sites = [{"name": f"site-{i:02d}", "kind": k} for i, k in enumerate(kinds)]
     try:
         for kind, spec in KINDS.items():
@@ -94,9 +97,39 @@ def split_world(world: str | Path, out_dir: str | Path, kinds: list[str], *, alp
         manifest = {"world": str(world.resolve()), "alpha": alpha, "seed": seed, "val_fraction": val_fraction,
                     "sites": sites}
         atomic_write_bytes(tmp / "federation.json", json.dumps(manifest, indent=2).encode())
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            if any(out.iterdir()):
+                entries = earlier_split(out)  # checked again: the folder may have changed meanwhile
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                for entry in entries:
+                    os.replace(entry, old / entry.name)
+            out.rmdir()  # empty now: what it held was the earlier split's
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def earlier_split(out: Path) -> list[Path]:
+    """The entries of an earlier ``split_world`` in ``out`` (its federation.json and the site folders it lists),
+    or a FileExistsError when ``out`` holds anything else: ``--overwrite`` replaces only what this command wrote."""
+    fed = out / "federation.json"
+    try:
+        names = {str(s["name"]) for s in json.loads(fed.read_text())["sites"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileExistsError(f"{out} is not empty and holds no federation.json written by make_sites: --overwrite "
+                              f"replaces only an earlier split; nothing was deleted") from None
+    if not all(re.fullmatch(r"site-\d+", n) for n in names):
+        raise FileExistsError(f"{fed}: site names other than site-NN; nothing was deleted")
+    other = sorted({p.name for p in out.iterdir()} - names - {"federation.json"})
+    if other:
+        raise FileExistsError(f"{out} holds {other[:3]} beside an earlier split: --overwrite replaces only what "
+                              f"make_sites wrote; move them out first (nothing was deleted)")
+    entries = [out / n for n in sorted(names) if (out / n).exists() or (out / n).is_symlink()]
+    links = [e for e in entries if e.is_symlink() or not e.is_dir()]
+    if links:
+        raise FileExistsError(f"{links[0]} is not a site folder (a link or a file); nothing was deleted")
+    return [*entries, fed]

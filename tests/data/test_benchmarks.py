@@ -174,3 +174,31 @@ def test_benchmark_to_seg_shards_copies_images_and_remaps(tmp_path):
         np.testing.assert_array_equal(image, ref_image)  # original JPEG bytes were copied, not re-encoded
         np.testing.assert_array_equal(label, ref_label)
         assert classes == bench.class_names
+
+
+@pytest.mark.parametrize("pil_limit", ["default", "none"])
+def test_a_huge_header_or_garbage_file_is_refused_by_name_before_decoding(tmp_path, monkeypatch, pil_limit):
+    from bad_images import huge_png
+
+    if pil_limit == "none":  # another library lifted PIL's guard: ovseg's own limit still holds
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    base, _ = _voc_tree(tmp_path)
+    (base / "JPEGImages" / "2007_000032.jpg").write_bytes(huge_png(30000, 30000))  # a PNG under a .jpg name
+    (base / "SegmentationClass" / "2008_000001.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    bench = build_benchmark("voc", tmp_path)
+    # PIL's own guard words it in pixels; with it lifted, ovseg's check reads the header's size
+    expect = "900000000 pixels" if pil_limit == "default" else "header declares 30000 x 30000 pixels"
+    with pytest.raises(ValueError, match=rf"voc: image .*2007_000032.jpg: .*{expect}"):
+        bench[0]
+    with pytest.raises(ValueError, match=r"voc: label .*2008_000001.png: not a readable image"):
+        bench[1]
+    with pytest.raises(ValueError, match="no such file"):
+        codecs.read_rgb_file(tmp_path / "missing.png")
+    monkeypatch.setattr(codecs, "MAX_PIXELS", 600)  # the limit itself: a header at it passes, one pixel more not
+    small = tmp_path / "small.png"
+    small.write_bytes(huge_png(20, 30))
+    with pytest.raises(ValueError, match="not a readable image"):  # the size passed; then the bad data stream
+        codecs.read_rgb_file(small)
+    small.write_bytes(huge_png(601, 1))
+    with pytest.raises(ValueError, match="601 x 1 pixels, more than the 600"):
+        codecs.read_rgb_file(small)

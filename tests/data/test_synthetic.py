@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -200,3 +201,92 @@ def test_smooth_background_has_no_noise_or_lines():
     assert np.mean(calm) < 0.5 * np.mean(rough)
     with pytest.raises(ValueError, match="background"):
         SyntheticConfig(background="plain")
+
+
+def _small(root, **kw):
+    args = {"seed": 1, "num_train": 3, "num_val": 2, "num_seg": 0, "shard_size": 2, **kw}
+    return generate_world(root, config=SyntheticConfig(image_size=16, classes=("cat", "dog")), **args)
+
+
+def test_overwrite_replaces_only_what_an_earlier_world_wrote(tmp_path):
+    root = tmp_path / "w"
+    _small(root)
+    assert json.loads((root / "ovseg-world.json").read_text())["files"] == sorted(_files(root))  # itself too
+    (root / "notes.txt").write_text("mine")
+    (root / "text-cache").mkdir()
+    (root / "text-cache" / "tower.pt").write_bytes(b"cache")
+    _small(root, seed=2, num_train=1, num_val=1, overwrite=True)
+    fresh = tmp_path / "fresh"
+    _small(fresh, seed=2, num_train=1, num_val=1)
+    got = _files(root)
+    assert got.pop("notes.txt") == b"mine" and got.pop("text-cache/tower.pt") == b"cache"
+    assert got == _files(fresh)  # the old world's files are gone (its second shard, its second val image)
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    _small(root, overwrite=True)  # back to the first world: its extra files return, the user's stay
+    assert _files(root).keys() - _files(fresh).keys() == {"notes.txt", "text-cache/tower.pt",
+                                                          "train/shard-000001.tar",
+                                                          "val/VOCdevkit/VOC2012/JPEGImages/000001.jpg",
+                                                          "val/VOCdevkit/VOC2012/SegmentationClass/000001.png"}
+
+
+def _refused(root, match, **kw):
+    before = _files(root)
+    with pytest.raises(FileExistsError, match=match):
+        _small(root, seed=5, overwrite=True, **kw)
+    assert _files(root) == before  # nothing deleted, nothing added
+    assert not [p for p in root.parent.iterdir() if "partial" in p.name]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_earlier_world(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    _refused(user, "holds no valid ovseg-world.json")
+    (user / "ovseg-world.json").write_text("{not json")
+    _refused(user, "holds no valid")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    for files in (["../victim.txt", "ovseg-world.json"], [str(victim), "ovseg-world.json"], ["thesis.tex"]):
+        (user / "ovseg-world.json").write_text(json.dumps({"format": "ovseg-world-files/1", "files": files}))
+        _refused(user, "holds no valid")
+    assert victim.read_text() == "keep"
+    with pytest.raises(FileExistsError, match="not empty"):
+        _small(user)  # without overwrite
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        _small(tmp_path / "a-file", overwrite=True)
+
+    world = tmp_path / "world"
+    _small(world, num_val=0)
+    (world / "val").mkdir()
+    (world / "val" / "class_names.txt").write_text("the user's")  # where the new world would write
+    _refused(world, "is in the way")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shard-000000.tar").write_bytes(b"not ours")
+    shutil.rmtree(world / "train")
+    (world / "train").symlink_to(elsewhere)  # a listed file reached through a link out of the world
+    _refused(world, "holds no valid")
+    assert (elsewhere / "shard-000000.tar").read_bytes() == b"not ours"
+
+
+def test_script_never_empties_the_working_folder(tmp_path, monkeypatch, capsys):
+    script_path = Path(__file__).parents[2] / "platform" / "make_synthetic.py"
+    spec = importlib.util.spec_from_file_location("make_synthetic", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--out", ".", "--num-train", "2", "--num-val", "1", "--image-size", "16", "--classes", "cat,dog"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    (cwd / "mine.txt").write_text("mine")
+    assert script.main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make_synthetic: error: ") and err.count("\n") == 1 and "ovseg-world.json" in err
+    assert sorted(p.name for p in cwd.iterdir()) == ["mine.txt"] and (cwd / "mine.txt").read_text() == "mine"
+    (cwd / "mine.txt").unlink()
+    assert script.main(args) == 0  # an empty working folder is fine, and is kept as it is
+    (cwd / "mine.txt").write_text("mine")
+    assert script.main([*args, "--seed", "3", "--overwrite"]) == 0 and Path.cwd() == cwd
+    assert (cwd / "mine.txt").read_text() == "mine" and json.loads((cwd / "manifest.json").read_text())["seed"] == 3
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

@@ -115,6 +115,26 @@ def test_split_world_partitions_every_sample_once(world, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial folder left
 
 
+def test_overwrite_replaces_only_an_earlier_split(world, tmp_path):
+    from ovseg.federated.split import split_world
+
+    out = tmp_path / "sites"
+    split_world(world, out, ["caption", "caption"], alpha=1.0, seed=0)
+    m = split_world(world, out, ["caption"], alpha=1.0, seed=1, overwrite=True)  # an earlier split: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["federation.json", "site-00"] and m["seed"] == 1
+    (out / "notes.txt").write_text("mine")  # something the command did not write: refused, nothing deleted
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        split_world(world, out, ["caption"], alpha=1.0, seed=2, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "site-00" / "site.json").is_file()
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("x")  # any folder that is not a split
+    with pytest.raises(FileExistsError, match="no federation.json"):
+        split_world(world, other, ["caption"], alpha=1.0, seed=0, overwrite=True)
+    assert (other / "chapter1.tex").read_text() == "x"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
 def test_dirichlet_skew_small_alpha_concentrates_classes(world, tmp_path):
     from ovseg.federated.split import split_world
 

@@ -107,6 +107,42 @@ def test_ranks_evaluate_their_shares_and_get_the_same_metrics_with_one_reduction
     assert gt == sum(np.asarray(benches[0][i][1]).size for i in range(7))  # rank 1's pixels are counted
 
 
+def test_unreadable_samples_are_named_skipped_and_counted_and_the_others_scored(world, cfg, model, tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from bad_images import huge_png
+
+    val = shutil.copytree(world / "val", tmp_path / "val")  # the session's world is read-only
+    base = val / "VOCdevkit" / "VOC2012"
+    (base / "JPEGImages" / "000002.jpg").write_bytes(huge_png(30000, 30000))
+    (base / "SegmentationClass" / "000005.png").write_bytes(b"not a png")
+    bench = build_benchmark("synthetic", val)
+    # the reference: the same benchmark without those two samples, which reads cleanly
+    good = dataclasses.replace(bench, items=[it for i, it in enumerate(bench.items) if i not in (2, 5)])
+    ref = evaluate(model, good, protocol=cfg.eval, bg_thresh=cfg.eval.bg_thresh)
+    assert ref.skipped == 0 and ref.num_images == 5
+    seen = []
+    got = evaluate(model, bench, protocol=cfg.eval, bg_thresh=cfg.eval.bg_thresh, on_image=seen.append)
+    assert (got.num_images, got.skipped, seen) == (5, 2, list(range(7)))  # the progress bar still reaches 7
+    assert np.array_equal(got.confusion.matrix, ref.confusion.matrix)
+    err = capsys.readouterr().err
+    assert "skipped synthetic sample 2: synthetic: image" in err and "000002.jpg" in err and "pixels" in err
+    assert "skipped synthetic sample 5: synthetic: label" in err and "000005.png: not a readable image" in err
+    assert got.metrics()["zeroshot/synthetic/skipped"] == 2 and ref.metrics()["zeroshot/synthetic/skipped"] == 0
+
+    # two processes: the skip counts are summed with the matrices (part 0 holds sample 2, part 1 sample 5)
+    stored = {}
+    evaluate_and_log(model, [bench], NullTracker(), 1, cfg.eval, part=(1, 2),
+                     reduce=lambda local: stored.setdefault("part1", local))
+    tracker = Recorder()
+    metrics, (res,) = evaluate_and_log(model, [bench], tracker, 1, cfg.eval, part=(0, 2),
+                                       reduce=lambda local: local + stored["part1"])
+    assert (res.num_images, res.skipped) == (5, 2) and np.array_equal(res.confusion.matrix, ref.confusion.matrix)
+    assert tracker.metrics == [(1, metrics)] and metrics["zeroshot/synthetic/skipped"] == 2
+    assert f"zero-shot synthetic mIoU {res.miou:.4f} (5 images, 2 skipped)" in capsys.readouterr().out
+
+
 def test_the_pretrainer_refuses_several_ranks_without_a_reduction(cfg):
     trainer = Pretrainer(cfg, WorkerEnv(rank=1, world_size=2))
     with pytest.raises(ValueError, match="reduce_sum"):

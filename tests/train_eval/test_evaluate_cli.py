@@ -161,3 +161,20 @@ def test_overrides_max_images_and_bad_input(trained_run, tmp_path, capsys, monke
     with pytest.raises(SystemExit):
         main([str(ckpt), "model.embed_dim=3"])
     assert "only eval.* keys" in capsys.readouterr().err
+
+
+def test_a_bad_image_is_skipped_counted_and_the_rest_scored(trained_run, world, tmp_path, capsys, monkeypatch):
+    from bad_images import huge_png
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir, _, _ = trained_run
+    val = shutil.copytree(world / "val", tmp_path / "val")  # the session's world is read-only
+    (val / "VOCdevkit" / "VOC2012" / "JPEGImages" / "000001.jpg").write_bytes(huge_png(30000, 30000))
+    main = _main()
+    assert main([str(run_dir), "--dataset", f"synthetic={val}", "--output", str(tmp_path / "o.json")]) == 1
+    captured = capsys.readouterr()
+    assert "(5 images, 1 skipped)" in captured.out and "background" in captured.out  # and the table
+    assert "skipped synthetic sample 1: synthetic: image" in captured.err and "000001.jpg" in captured.err
+    assert "error: samples skipped" in captured.err and "{'synthetic': 1}" in captured.err
+    metrics = json.loads((tmp_path / "o.json").read_text())["metrics"]
+    assert metrics["zeroshot/synthetic/skipped"] == 1 and 0 <= metrics["zeroshot/synthetic/miou"] <= 1

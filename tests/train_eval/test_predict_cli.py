@@ -129,3 +129,22 @@ def test_no_background_and_bad_arguments(checkpoint, tmp_path, capsys):
     assert "more than once" in capsys.readouterr().err
     assert main([str(tmp_path / "none.safetensors"), str(tmp_path / "a.png"), "--classes", "cat"]) == 2
     assert "none.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_images_after_a_huge_header_or_a_too_thin_strip_are_still_written(checkpoint, tmp_path, capsys):
+    from bad_images import huge_png
+
+    main = _main()
+    (tmp_path / "bomb.png").write_bytes(huge_png(30000, 30000))  # 65 bytes claiming 900 million pixels
+    Image.fromarray(np.full((1, 1000, 3), 128, np.uint8)).save(tmp_path / "strip.png")  # read at 2 x 2048
+    first, after = _scene(tmp_path / "first.png", 24, 36), _scene(tmp_path / "after.png", 40, 30)
+    args = [tmp_path / n for n in ("first.png", "bomb.png", "strip.png", "after.png")]
+    assert main([str(checkpoint), *map(str, args), "--classes", "cat,dog", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bomb.png'}: not a readable image" in err and "900000000 pixels" in err
+    assert f"{tmp_path / 'strip.png'}: cannot be segmented (RuntimeError" in err
+    assert "2 of 4 image(s) failed" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "after.label.png", "after.overlay.png", "first.label.png", "first.overlay.png"]
+    assert Image.open(tmp_path / "o" / "after.label.png").size == (30, 40) and first.shape == (24, 36, 3)
+    assert after.shape == (40, 30, 3)

@@ -143,3 +143,53 @@ def test_images_are_read_at_the_mmseg_keep_ratio_size(hw, expected):
     assert scaled_size(8, 3, 2, None) == (5, 2)  # 8 * 2 / 3 = 5.33 -> 5
     assert scaled_size(7, 2, 5, None) == (18, 5)  # 7 * 2.5 = 17.5 rounds half up -> 18 (round() would give 18 too)
     assert scaled_size(5, 2, 5, None) == (13, 5)  # 12.5 -> 13 where Python's round() gives 12
+
+
+@pytest.mark.parametrize("hw,crop,stride,sizes", [
+    ((1, 20), 32, 16, (5, 16)),  # a strip: no long-side cap, read at 32 x 640, 39 windows in one row
+    ((50, 70), 16, 8, (2, 4)),   # a grid of windows: read at 32 x 45, 3 rows x 5 columns
+])
+def test_windows_in_batches_give_the_all_at_once_scores(debug_model, hw, crop, stride, sizes):
+    from ovseg.config import EvalConfig
+    from ovseg.eval.segment import segment_logits
+    from ovseg.eval.textbank import TextBank
+
+    proto = EvalConfig(short_side=32, long_side=None, crop_size=crop, stride=stride, bg_thresh=0.5)
+    bank = TextBank()  # the class embeddings once
+    rgb = np.random.default_rng(3).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    names = ["background", "cat", "dog"]
+    batches = []
+    original = debug_model.encode_image
+    debug_model.encode_image = lambda x: batches.append(x.shape[0]) or original(x)
+    try:
+        whole = segment_logits(debug_model, rgb, names, protocol=proto, bank=bank, window_batch=10**6)
+        n = batches.pop()
+        assert batches == [] and n == len(slide_windows(*scaled_size(*hw, 32, None), crop, stride)) > 10
+        for batch in sizes:
+            chunked = segment_logits(debug_model, rgb, names, protocol=proto, bank=bank, window_batch=batch)
+            assert batches == [batch] * (n // batch) + ([n % batch] if n % batch else [])
+            batches.clear()
+            assert chunked.shape == (3, *hw)
+            torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    finally:
+        debug_model.encode_image = original
+
+
+def test_the_window_batch_comes_from_the_protocol_and_must_be_positive(debug_model):
+    from ovseg.config import EvalConfig
+
+    proto = EvalConfig()
+    assert (proto.short_side, proto.crop_size, proto.stride, proto.long_side, proto.window_batch) == \
+        (448, 448, 224, 2048, 16)  # the paper protocol; the batch only bounds memory
+    seen = []
+    original = debug_model.encode_image
+    debug_model.encode_image = lambda x: seen.append(x.shape[0]) or original(x)
+    try:
+        rgb = np.zeros((20, 90, 3), dtype=np.uint8)  # read at 32 x 144: 8 windows of 32 x 32 at stride 16
+        segment(debug_model, rgb, ["cat", "dog"], protocol=EvalConfig(short_side=32, crop_size=32, stride=16,
+                                                                      window_batch=3))
+        assert seen == [3, 3, 2]
+    finally:
+        debug_model.encode_image = original
+    with pytest.raises(ValueError, match="window batch"):
+        segment(debug_model, rgb, ["cat"], window_batch=0)

@@ -2,8 +2,9 @@
 
 Every benchmark returns ``(image uint8 HxWx3 RGB, label int64 HxW, sample_id)`` with 255 = ignore and labels
 already remapped to indices into ``class_names``. Listed files are checked when the benchmark is built (a
-missing file names itself); image/label size and label values are checked when a sample is read, and a
-violation raises ValueError naming the file.
+missing file names itself); a file that does not decode (or whose header declares too many pixels:
+``codecs.MAX_PIXELS``), image/label size and label values are checked when a sample is read, and a
+violation raises ValueError naming the file, which ``ovseg.eval.evaluate`` skips and counts.
 
 A family module (voc.py, context.py, coco_object.py, ade.py) registers each of its benchmarks with
 :func:`register` (name, aliases, folder layout, protocol background threshold); the package's
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
-from ovseg.data.codecs import IGNORE, label_array
+from ovseg.data.codecs import IGNORE, read_label_file, read_rgb_file
 
 LUT_SIZE = 65536  # label PNGs are at most 16-bit
 INVALID = -1
@@ -70,13 +70,14 @@ class SegBenchmark:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
         sample_id, image_path, label_path = self.items[i]
-        with Image.open(image_path) as img:
-            image = np.array(img.convert("RGB"), dtype=np.uint8)
-        with Image.open(label_path) as img:
-            try:
-                raw = label_array(img)
-            except ValueError as e:
-                raise ValueError(f"{self.name}: label {label_path}: {e}") from None
+        try:
+            image = read_rgb_file(image_path)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: image {image_path}: {e}") from None
+        try:
+            raw = read_label_file(label_path)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: label {label_path}: {e}") from None
         if raw.shape != image.shape[:2]:
             raise ValueError(f"{self.name}: label {label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
                              f"{image_path} is {image.shape[1]}x{image.shape[0]}")

@@ -11,6 +11,7 @@ Layout (``out_dir``)::
     val/class_names.txt          background first; read by ``build_benchmark("synthetic", out_dir/"val")``
     manifest.json                seed, parameters, class list and styles, per-split counts, per-class pixel
                                  frequencies, foreground fraction, a few example captions
+    ovseg-world.json             the files the generator wrote (itself included): what ``overwrite`` may delete
 
 Val labels are VOC palette PNGs with 0 = background and i = class i. Unlike VOC there is no 255 band at
 object boundaries: the masks are exact, so no pixel needs to be excused.
@@ -18,6 +19,10 @@ object boundaries: the masks are exact, so no pixel needs to be excused.
 The whole world is built in a temporary sibling folder and renamed into place at the end, so a
 half-written world never appears under ``out_dir``. The bytes depend only on the seed and the
 parameters (tar headers fixed, images drawn per index), not on ``num_workers``.
+
+``overwrite`` replaces only an earlier world: a folder whose ``ovseg-world.json`` is present and valid. It
+deletes the files listed there and nothing else; what else the folder holds (a text cache, a user's file)
+stays, and the new world's files are moved in beside it. Any other non-empty folder is refused untouched.
 
 Where a config's world lives also belongs here (``synthetic_root``, ``world_config``,
 ``ensure_synthetic_world``): the trainer, the Ray/Flower integrations and the platform scripts all find and,
@@ -31,7 +36,8 @@ import json
 import multiprocessing
 import os
 import shutil
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -43,6 +49,8 @@ from ovseg.data.synthetic.scene import UNSEEN_NAMES, Scene, SyntheticConfig, ren
 from ovseg.data.synthetic.shapes import CLASS_STYLES
 
 FORMAT = "ovseg-synthetic-world/1"
+WRITTEN = "ovseg-world.json"  # the list of files the generator wrote, so overwrite deletes only those
+WRITTEN_FORMAT = "ovseg-world-files/1"
 
 
 def _render(job: tuple[SyntheticConfig, int, str, int]) -> tuple[Scene, bytes]:
@@ -119,12 +127,10 @@ def generate_world(out_dir: str | Path, seed: int = 0, num_train: int = 10000, n
         raise ValueError(f"image counts must be >= 0 and not all 0, got {num_train}, {num_val}, {num_seg}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out = Path(os.path.abspath(out_dir))  # "." and ".." get a name and a parent
+    owned = _owned_files(out, overwrite)  # checked before any work: a refused folder costs nothing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # ours alone, removed below
     names = ["background", *cfg.classes]
     splits, examples = {}, []
     pool = multiprocessing.get_context("fork").Pool(num_workers) if num_workers > 1 else None
@@ -152,15 +158,84 @@ def generate_world(out_dir: str | Path, seed: int = 0, num_train: int = 10000, n
                     "unseen_names": {c: UNSEEN_NAMES[c] for c in cfg.classes if c in UNSEEN_NAMES},
                     "example_captions": examples}
         atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        files = sorted({p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()} | {WRITTEN})
+        atomic_write_bytes(tmp / WRITTEN, json.dumps({"format": WRITTEN_FORMAT, "files": files}, indent=1).encode())
+        _put_in_place(tmp, out, owned, files)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+# ------------------------------------------------------------------ replacing only what the generator wrote
+
+
+def _owned_files(out: Path, overwrite: bool) -> set[str]:
+    """The files of ``out`` that an overwrite may delete: none for a missing or empty folder, else those its
+    ``ovseg-world.json`` lists; a folder that is not an earlier world raises FileExistsError, untouched."""
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return set()
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace "
+                              "an earlier synthetic world there")
+    record = out / WRITTEN
+    try:
+        data = json.loads(record.read_text())
+        files = data["files"]
+        ok = data.get("format") == WRITTEN_FORMAT and isinstance(files, list) and WRITTEN in files
+        ok = ok and all(isinstance(f, str) and _inside(out, f) for f in files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise FileExistsError(f"{out} is not empty and holds no valid {WRITTEN} (the list of files a synthetic "
+                              "world's generator wrote), so --overwrite deletes nothing there: choose an empty "
+                              "or new folder")
+    return set(files)
+
+
+def _inside(out: Path, rel: str) -> bool:
+    """``rel`` names a file below ``out``: relative, no ``..``, no symbolic link on the way out of ``out``."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "." in parts:
+        return False
+    return (out / rel).parent.resolve() == out.resolve().joinpath(*parts[:-1])
+
+
+def _put_in_place(tmp: Path, out: Path, owned: set[str], files: list[str]) -> None:
+    """Delete the files of the earlier world (``owned``), then move the new one (``tmp``) into ``out``."""
+    for rel in files:  # a new file may replace an old one of ours, never anything else
+        folder = (out / rel).parent
+        clash = (rel not in owned and os.path.lexists(out / rel)) or not _inside(out, rel) or \
+            (os.path.lexists(folder) and not folder.is_dir())
+        if clash:
+            raise FileExistsError(f"{out / rel} is in the way: {out} holds something there that the world "
+                                  "generator did not write; nothing was deleted")
+    for rel in sorted(owned):
+        path = out / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    for rel in sorted(owned, key=lambda r: -len(PurePosixPath(r).parts)):  # emptied folders, deepest first
+        for parent in PurePosixPath(rel).parents[:-1]:
+            folder = out / parent
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+    if out.exists() and not out.is_symlink() and not any(out.iterdir()) and not out.samefile(Path.cwd()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    # out keeps files of its own (or is the working folder): move the new files in beside them, the file
+    # list first (it lists all of them: an interrupted move stays replaceable), the manifest last
+    order = [WRITTEN, *(f for f in files if f not in (WRITTEN, "manifest.json")), "manifest.json"]
+    for rel in order:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, out / rel)
 
 
 # ------------------------------------------------------------------ where a config's world lives
