@@ -16,8 +16,8 @@ messages counted: sampled sites, replies in time, late = sampled - replies, byte
 metric and the ArrayRecords' own byte count); a thread samples VmRSS every 0.2 s of the server process (the
 driver: ServerApp, central evaluation), of its descendant processes titled `ray::` but not `ray::*Agent` (the
 Ray workers running the virtual sites; RSS each and PSS summed, so shared pages count once), and of the other
-descendants (raylet, GCS, dashboard). The sites
-accepted into the aggregate come from the server's MLflow metric `fed/sites_accepted`.
+descendants (raylet, GCS, dashboard). The sites accepted into the aggregate come from the server's MLflow metric
+`fed/sites_accepted`, and its own late count from `fed/stragglers` where the server logs one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -235,8 +235,8 @@ def make_world_and_sites(out: Path, counts: list[int], num_train: int, num_seg: 
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| sites | fraction | round | sampled | replies | late | accepted | train phase s | round s | "
-             "MB up | server RSS MB | Ray worker max RSS MB | Ray workers PSS sum MB |",
+    lines = [("| sites | fraction | round | sampled | replies | late | accepted | train phase s | round s | "
+              "MB up | server RSS MB | Ray worker max RSS MB | Ray workers PSS sum MB |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         for x in r["rounds"]:
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     world = make_world_and_sites(out, sorted({n for n, _ in runs}), args.train, args.seg, args.alpha)
     records, t0 = [], time.time()
-    sweep = out / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")  # runs never resume an earlier sweep's
+    sweep = out / datetime.now(UTC).strftime("sweep-%Y%m%d-%H%M%S")  # runs never resume an earlier sweep's
     sweep.mkdir()
     for n, frac in runs:
         name = f"n{n}-f{frac:g}"
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         records.append(json.loads((sweep / f"{name}.json").read_text()))
         print(f"{name}: {time.time() - t:.0f} s", flush=True)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": os.uname().nodename,
+    meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": os.uname().nodename,
             "cpus": os.cpu_count(), "sweep_minutes": round((time.time() - t0) / 60, 1)}
     dst = results / "fl-sites-results.jsonl"
     tmp = dst.with_name(dst.name + ".partial")
