@@ -17,10 +17,10 @@ run: setup
 	HF_HUB_OFFLINE=1 $(PY) platform/pretrain.py
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow"
 
 clean:
 	rm -rf .venv *.egg-info

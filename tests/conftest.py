@@ -15,7 +15,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # `make test`: two workers, a core each
+
+# `make test` runs the suite in two pytest-xdist workers (-n 2 --dist loadscope, scheduled below). A worker takes a
+# whole module at a time (its module fixtures are set up once), except that the tests of each SHARED entry run on
+# one worker, one after another, and before everything else (they are the long ones): every test that starts a
+# Ray cluster ("ray": a `ray.init()` would join a cluster another test started with `ray start`), and the Flower
+# deployment. A new test that starts Ray belongs in SHARED["ray"].
+SHARED = {
+    "flower-deploy": ("tests/federated/test_flower_deploy.py",),
+    "ray": ("tests/system/test_pretrain_ray.py", "tests/system/test_sweep.py", "tests/federated/test_flower_sim.py",
+            "tests/federated/test_sites.py::test_make_sites_and_simulate_commands"),
+}
+
+
+def shared_scope(nodeid: str) -> str | None:
+    for name, prefixes in SHARED.items():
+        if any(nodeid == p or nodeid.startswith(p + "::") for p in prefixes):
+            return name
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    order = list(SHARED)
+    items.sort(key=lambda item: order.index(s) if (s := shared_scope(item.nodeid)) else len(order))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return shared_scope(nodeid) or super()._split_scope(nodeid)
+
+    return SharedScopes(config, log)
 
 DEBUG = "debug"  # the config name tests build their models from
 

@@ -5,9 +5,9 @@ unregistered intruder, a real MLflow server, `flwr run` of the Flower app.
 The app is `clients/` as shipped plus one client mod (faulty_site.py) that acts only on the node whose node
 config says fault=1. One federation serves several checks (it is the expensive part): rounds 0..2 reach MLflow,
 the intruder is refused, the honest sites' messages carried only the announced arrays and the declared metrics,
-the faulty site's guard stopped each of its attempts with a fixed text, a restarted federation resumes from its
-last checkpoint, SecAgg+ reaches the plain federation's aggregate, and a SuperNode killed mid-run does not stop
-the run. Every process started here is stopped by its process-group id.
+the faulty site's guard stopped each of its attempts with a fixed text, the federation (submitted for round 1,
+then again for 2 rounds) resumed from its last checkpoint, SecAgg+ reaches the plain federation's aggregate, and
+a SuperNode killed mid-run does not stop the run. Every process started here is stopped by its process-group id.
 """
 
 from __future__ import annotations
@@ -94,10 +94,15 @@ def federation(tmp_path_factory):
             procs.append(nodes[name])
         _wait_online(home, 3)
         t0 = time.time()
-        run = flwr(home, "run", str(app), "local-tls", "--stream", "--run-config",
-                   _run_config(world, root / "runs"), timeout=600, cwd=REPO)
-        yield {"root": root, "home": home, "uri": uri, "run": run, "nodes": nodes, "world": world, "certs": certs,
-               "address": address, "seconds": time.time() - t0, "procs": procs, "app": app}
+        # round 1, then a restart that resumes from its checkpoint for round 2: one federation of two rounds
+        first = flwr(home, "run", str(app), "local-tls", "--stream", "--run-config",
+                     _run_config(world, root / "runs", **{"fed.rounds": 1}), timeout=600, cwd=REPO)
+        run = first
+        if first.returncode == 0:
+            run = flwr(home, "run", str(app), "local-tls", "--stream", "--run-config",
+                       _run_config(world, root / "runs"), timeout=600, cwd=REPO)
+        yield {"root": root, "home": home, "uri": uri, "first": first, "run": run, "nodes": nodes, "world": world,
+               "certs": certs, "address": address, "seconds": time.time() - t0, "procs": procs, "app": app}
     finally:
         for p in reversed(procs):
             stop(p)
@@ -128,7 +133,8 @@ def _history(uri: str, run_name: str = "deploy", key: str = "zeroshot/synthetic/
 
 def test_two_rounds_reach_mlflow_with_every_round_scored(federation):
     run = federation["run"]
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    for r in (federation["first"], run):
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     client, mlrun, hist = _history(federation["uri"])
     assert [s for s, _ in hist] == [0, 1, 2]
     assert all(0.0 <= v <= 1.0 for _, v in hist)
@@ -143,7 +149,8 @@ def test_two_rounds_reach_mlflow_with_every_round_scored(federation):
     ckpts = sorted(p.name for p in (federation["root"] / "runs" / "deploy").glob("round-*.safetensors"))
     assert ckpts == ["round-0000.safetensors", "round-0001.safetensors", "round-0002.safetensors"]
     artifacts = [a.path for a in client.list_artifacts(rid, "checkpoint")]
-    assert artifacts == ["checkpoint/round-0002.safetensors"]
+    # each submission logs the checkpoint of the last round it was asked for
+    assert artifacts == ["checkpoint/round-0001.safetensors", "checkpoint/round-0002.safetensors"]
 
 
 def test_unregistered_supernode_is_refused(federation):
@@ -193,7 +200,8 @@ def test_a_site_that_tries_to_send_more_is_stopped_by_its_own_guard(federation):
     # the extra array, the wrong shape and the path-named metric were refused by content; the error text replaced
     assert sum(bool(e["refused"]) for e in entries) == 3
     assert sum(e["error_reason"] == SITE_FAILED for e in entries) == 1
-    seen = federation["run"].stdout + federation["run"].stderr + (federation["root"] / "superlink.log").read_text()
+    seen = "".join(r.stdout + r.stderr for r in (federation["first"], federation["run"]))
+    seen += (federation["root"] / "superlink.log").read_text()
     refusals = re.findall(r"\[ovseg-fl\] round \d+: refused node \d+: the site failed: the site's privacy guard", seen)
     assert len(refusals) == 2  # the server refused the faulty site's train reply in each round, with the fixed text
     assert not any(secret in seen for secret in SECRETS)
@@ -215,7 +223,8 @@ def test_secure_aggregation_reaches_the_plain_aggregate(federation):
                timeout=600, cwd=REPO)
     seconds = time.time() - t0
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    print(f"\n[secagg] 2 rounds: {seconds:.0f} s with SecAgg+, {federation['seconds']:.0f} s without")
+    print(f"\n[secagg] 2 rounds: {seconds:.0f} s with SecAgg+, {federation['seconds']:.0f} s without (two "
+          f"submissions: round 1, then a resumed round 2)")
     assert run.stdout.count("Secure aggregation completed") == 2
     model, cfg = build_site_model(load_config(DEPLOYED_CONFIG))
     keys = exchange_keys(model, cfg)
@@ -237,14 +246,16 @@ def test_secure_aggregation_reaches_the_plain_aggregate(federation):
 
 
 def test_restarted_federation_resumes_from_its_last_round(federation):
-    root = federation["root"]
-    run = flwr(federation["home"], "run", str(federation["app"]), "local-tls", "--stream", "--run-config",
-               _run_config(federation["world"], root / "runs", **{"fed.rounds": 3}), timeout=600, cwd=REPO)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "resuming from" in run.stdout and "round-0002" in run.stdout
-    _, _, hist = _history(federation["uri"])
-    assert [s for s, _ in hist] == [0, 1, 2, 3]  # round 3 added; rounds 0-2 not re-run or re-logged
-    assert (root / "runs" / "deploy" / "round-0003.safetensors").is_file()
+    """The fixture's federation ran round 1, stopped, and was submitted again for 2 rounds."""
+    first, second = federation["first"], federation["run"]
+    assert "resuming from" not in first.stdout
+    assert "resuming from" in second.stdout and "round-0001" in second.stdout
+    assert "round 0: zero-shot" in first.stdout and "round 0: zero-shot" not in second.stdout  # not re-scored
+    client, mlrun, hist = _history(federation["uri"])
+    assert [s for s, _ in hist] == [0, 1, 2]  # round 2 added to the same MLflow run; rounds 0-1 not re-logged
+    # the sites were told the federation's round (2), not the restarted invocation's own count (1)
+    faulty = [json.loads(x) for x in (federation["root"] / "faulty.audit").read_text().splitlines()]
+    assert [e["refused"] != [] for e in faulty if e["message_type"] == "evaluate"] == [True, False]
 
 
 def test_killed_supernode_does_not_stop_the_federation(federation):

@@ -203,7 +203,7 @@ def test_local_training_on_a_segmentation_site_lowers_its_mask_loss(world, tmp_p
     assert res is not None and res.num_images == 10 and 0.0 <= res.miou <= 1.0
 
 
-def test_make_sites_and_simulate_commands(world, tmp_path):
+def test_make_sites_and_simulate_commands(world, tmp_path):  # simulate.py starts a local Ray (conftest.SHARED)
     import subprocess
     import sys
 

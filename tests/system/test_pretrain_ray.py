@@ -17,7 +17,7 @@ from services import REPO, env, free_port, start_mlflow, stop, wait_http
 
 from ovseg.checkpoint import find_checkpoint, read_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # conftest.SHARED: one Ray at a time
 PRETRAIN = str(REPO / "platform" / "pretrain.py")
 
 

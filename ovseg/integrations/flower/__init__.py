@@ -5,9 +5,11 @@ rules (what travels, checks, site kinds, local training) live in ``ovseg.federat
 
     config.py    a Flower run config -> the ovseg config tree
     records.py   named tensors <-> ArrayRecords (float32 / bfloat16 transport)
+    replies.py   what a site's reply may hold (the server's per-site checks and the guard share them)
     guard.py     client mods: privacy guard, DP clipping
+    secagg.py    SecAgg+ (fed.secagg): the site's mod and the server's workflow
     client.py    the ClientApp (train / evaluate actions on a site's shards)
-    strategy.py  strategy factory and the guard that checks every update before aggregation
+    strategy.py  strategy factory and the guard that checks every reply before aggregation
     server.py    the ServerApp: rounds, central evaluation, MLflow, checkpoints, resume
 """
 

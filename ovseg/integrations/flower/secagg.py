@@ -137,7 +137,8 @@ def run_secagg(grid, context: Context, cfg: Config, keys: list[str], initial: Ar
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=num_rounds, round_timeout=f.round_timeout),
                            strategy=strategy)
     workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(num_shares=float(f.secagg_shares), reconstruction_threshold=float(f.secagg_threshold),
+        fit_workflow=SecAggPlusWorkflow(num_shares=float(f.secagg_shares),
+                                        reconstruction_threshold=float(f.secagg_threshold),
                                         max_weight=float(max_examples(cfg)), clipping_range=float(f.secagg_clip),
                                         timeout=f.round_timeout),
         evaluate_workflow=lambda _grid, _context: None)  # the sites' own evaluation is not part of SecAgg+
@@ -166,8 +167,8 @@ class _SecAggStrategy(Strategy):
         clients = client_manager.sample(num_clients=num, min_num_clients=f.min_sites)
         self.guard._sent = {c.node_id for c in clients}
         self.aggregated = False
-        config = {"server-round": server_round, FINGERPRINT: self.fingerprint, KEYS_CONFIG: "\n".join(self.keys),
-                  "secagg-clip": float(f.secagg_clip)}
+        config = {"server-round": self.guard.offset + server_round, FINGERPRINT: self.fingerprint,
+                  KEYS_CONFIG: "\n".join(self.keys), "secagg-clip": float(f.secagg_clip)}
         return [(c, FitIns(parameters, dict(config))) for c in clients]
 
     def aggregate_fit(self, server_round, results, failures):

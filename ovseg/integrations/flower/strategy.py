@@ -22,7 +22,7 @@ from flwr.serverapp import strategy as fl_strategy
 from ...config import Config
 from ...federated.wire import check_update
 from ...train.task import metric_names
-from .config import ARRAYS, METRICS, STRATEGIES, max_examples, train_metric_keys
+from .config import ARRAYS, CONFIG, METRICS, STRATEGIES, max_examples, train_metric_keys
 from .records import from_record, record_to_numpy_f32
 from .replies import check_evaluate_reply, check_train_metrics
 
@@ -107,8 +107,17 @@ class GuardedStrategy(fl_strategy.Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self.reference = {k: v.astype(np.float64) for k, v in record_to_numpy_f32(arrays).items()}
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        messages = self._global_round(self.inner.configure_train(server_round, arrays, config, grid), server_round)
         self._sent = {m.metadata.dst_node_id for m in messages}  # a site not heard from by the deadline is late
+        return messages
+
+    def _global_round(self, messages, server_round: int) -> list[Message]:
+        """Sites see the federation's round, not this invocation's (Flower counts from 1 again after a restart):
+        a resumed round draws the batches it would have drawn without the restart."""
+        messages = list(messages)
+        for m in messages:
+            if CONFIG in m.content:
+                m.content[CONFIG]["server-round"] = self.offset + server_round
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -162,7 +171,7 @@ class GuardedStrategy(fl_strategy.Strategy):
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._global_round(self.inner.configure_evaluate(server_round, arrays, config, grid), server_round)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
