@@ -73,19 +73,11 @@ def build_strategy(cfg: Config) -> fl_strategy.Strategy:
     return inner
 
 
-def site_score(content: RecordDict, weight_key: str = "num-examples") -> tuple[float, float] | None:
-    """(example count, mIoU) of one site's evaluate reply; None when it has no labelled split or no score."""
-    try:
-        m = next(iter(content.metric_records.values()))
-        n = float(m.get(weight_key, 0.0))
-        return (n, float(m["site-miou"])) if n > 0 and "site-miou" in m else None
-    except (StopIteration, TypeError, ValueError):
-        return None
-
-
 def aggregate_site_eval(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted mean of the sites' own mIoU over the sites that have a labelled split."""
-    scores = [s for s in (site_score(c, weight_key) for c in contents) if s is not None]
+    """Example-weighted mean of the sites' own mIoU over the sites that have a labelled split. The replies were
+    checked by ``GuardedStrategy.aggregate_evaluate`` (``replies.check_evaluate_reply``) before they get here."""
+    scores = [(float(c[METRICS][weight_key]), float(c[METRICS]["site-miou"])) for c in contents]
+    scores = [(n, v) for n, v in scores if n > 0]
     total = sum(n for n, _ in scores)
     acc = sum(n * v for n, v in scores)
     return MetricRecord({"site-miou": acc / total, "num-examples": total} if total else {"num-examples": 0.0})
