@@ -128,13 +128,17 @@ def test_coco_stuff_and_coco_object_from_the_stuff_maps(tmp_path, capsys):
         "coco_stuff164k/annotations/val2017/000000000285_instanceTrainIds.png", "coco_stuff164k/summary.json"]
 
 
-def test_cityscapes_label_ids_to_train_ids(tmp_path):
+def test_cityscapes_label_ids_to_train_ids(tmp_path, monkeypatch):
     base = tmp_path / "cityscapes"
     for city, sid, rows in (("aachen", "aachen_000000_000019", [[0, 7, 8], [26, 33, 1]]),
                             ("bremen", "bremen_000001_000019", [[7, 34, 7], [7, 7, 7]])):  # 34: no Cityscapes id
         _image(base / "leftImg8bit" / "val" / city / f"{sid}_leftImg8bit.png", fmt="PNG")
         _label(base / "gtFine" / "val" / city / f"{sid}_gtFine_labelIds.png", rows)
     _label(base / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_instanceIds.png", [[0, 0, 0]] * 2)
+    def no_links(src, dst):
+        raise OSError("Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)  # OUT on another file system: the image is copied instead
     summary = prepare_benchmark("cityscapes", base, tmp_path / "data")
     assert summary["splits"]["val"]["written"] == 1 and summary["splits"]["val"]["skipped"] == 1
     assert "values [34]" in summary["skipped"][0]["reason"]
@@ -144,6 +148,9 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     assert summary["classes_seen"]["val"] == {"bicycle": 1, "car": 1, "road": 1, "sidewalk": 1}
     bench = build_benchmark("cityscapes", tmp_path / "data")  # the skipped sample was left out, image and all
     assert len(bench) == 1 and bench[0][1][1, 1] == 18 and bench.image_path(0).suffix == ".png"
+    src = base / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+    assert bench.image_path(0).read_bytes() == src.read_bytes()
+    assert os.stat(bench.image_path(0)).st_ino != os.stat(src).st_ino
     assert sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file()) == [
         "aachen_000000_000019_gtFine_labelTrainIds.png", "aachen_000000_000019_leftImg8bit.png", "summary.json"]
 
