@@ -128,8 +128,11 @@ def make_certs(out: Path, *sites: str) -> Path:
 def start_superlink(root: Path, home: Path, certs: Path | None, auth: bool = True) -> tuple[subprocess.Popen, str]:
     """A SuperLink on loopback (TLS + node authentication with ``certs``, else --insecure)."""
     port = free_port()
+    # Flower's state in memory (its default), not in an SQLite file: on a loaded 2-core machine the file's lock
+    # timed out ("database is locked"), the SuperLink answered the ServerApp's pull with HTTP 500 and the run ended
+    # after its first evaluation, while `flwr run --stream` still exited 0. Nothing here restarts the SuperLink.
     cmd = [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
-           "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation",
+           "--disable-runtime-dependency-installation",
            "--health-server-address", f"127.0.0.1:{free_port()}"]
     if certs is None:
         cmd.append("--insecure")
