@@ -101,34 +101,28 @@ def map_clip_vision(tensors: dict[str, torch.Tensor], model, layout: str) -> tup
     return entries, unused, other
 
 
-def check_clip_vision_config(weights: Weights, cfg, layout: str) -> None:
-    """What a CLIP folder's config says about the architecture must be what this model builds (the file's shapes
-    cannot tell heads or the activation apart)."""
-    conf = weights.config
-    if not conf:
-        return
-    where = f"{weights.path.parent / weights.config_name}"
-    if weights.config_name == "config.json":
-        vc = conf.get("vision_config", conf) if conf.get("model_type") != "clip_vision_model" else conf
-        checks = [("num_attention_heads", "model.vision.num_heads", vc.get("num_attention_heads")),
-                  ("hidden_act", "model.vision.act", vc.get("hidden_act")),
-                  ("layer_norm_eps", "model.vision.norm_eps", vc.get("layer_norm_eps"))]
+def clip_vision_arch(weights: Weights) -> dict[str, object]:
+    """What a CLIP folder's config says of the image tower, under this model's config keys (absent: unsaid)."""
+    conf = weights.config or {}
+    if weights.config_name == "config.json":  # CLIPModel: vision_config; CLIPVisionModel: the config itself
+        vc = conf if conf.get("model_type") == "clip_vision_model" else conf.get("vision_config", {})
+        said = {"model.vision.num_heads": vc.get("num_attention_heads"), "model.vision.act": vc.get("hidden_act"),
+                "model.vision.norm_eps": vc.get("layer_norm_eps")}
     else:  # open_clip_config.json: {"model_cfg": {"quick_gelu": ..., "vision_cfg": {"width", "head_width"}}}
         mc = conf.get("model_cfg", {})
         vc = mc.get("vision_cfg", {})
-        heads = vc["width"] // vc.get("head_width", 64) if "width" in vc else None
-        act = None if "quick_gelu" not in mc else ("quick_gelu" if mc["quick_gelu"] else "gelu")
-        checks = [("heads", "model.vision.num_heads", heads), ("quick_gelu", "model.vision.act", act)]
-    ours = {"model.vision.num_heads": None, "model.vision.act": cfg.act, "model.vision.norm_eps": cfg.norm_eps}
-    for name, key, value in checks:
-        if value is None:
-            continue
-        if key == "model.vision.num_heads":
-            bad = any(h != value for h in cfg.num_heads)
-            mine = list(cfg.num_heads)
-        else:
-            bad, mine = value != ours[key], ours[key]
-        if bad:
-            raise ValueError(f"{where}: the CLIP vision tower has {name}={value!r}, this model {key}={mine}: set "
-                             f"{key}={[value] * len(cfg.num_heads) if key.endswith('heads') else value} so the "
-                             "loaded blocks compute what they were trained to")
+        said = {"model.vision.num_heads": vc["width"] // vc.get("head_width", 64) if "width" in vc else None,
+                "model.vision.act": None if "quick_gelu" not in mc else ("quick_gelu" if mc["quick_gelu"] else "gelu")}
+    return {k: v for k, v in said.items() if v is not None}
+
+
+def check_clip_vision_config(weights: Weights, cfg) -> None:
+    """The heads, activation and LayerNorm eps a CLIP folder's config names must be this model's: the file's
+    shapes cannot tell them apart, and loaded blocks with others would not compute what they were trained to."""
+    ours = {"model.vision.num_heads": list(cfg.num_heads), "model.vision.act": cfg.act,
+            "model.vision.norm_eps": cfg.norm_eps}
+    for key, value in clip_vision_arch(weights).items():
+        fix = [value] * len(cfg.num_heads) if key.endswith("num_heads") else value
+        if ours[key] != fix:
+            raise ValueError(f"{weights.path.parent / weights.config_name}: the CLIP image tower has {value!r} "
+                             f"where this model has {key}={ours[key]}: set {key}={fix}")

@@ -219,7 +219,7 @@ def load_vision_weights(model: GroupViT, path: str | Path, kind: str = "auto") -
                          f"{ {'vit': 'a DINO / timm ViT', 'dinov2': 'a DINOv2 ViT', 'clip': 'a CLIP model'}[kind]}")
     other: list[str] = []
     if layout in ("openclip", "hf-clip"):
-        check_clip_vision_config(weights, model.cfg, layout)
+        check_clip_vision_config(weights, model.cfg)
         entries, unused, other = map_clip_vision(weights.tensors, model, layout)
     else:
         entries, unused = map_vit_to_groupvit(_strip_prefixes(weights.tensors), model)

@@ -213,6 +213,25 @@ def test_openclip_state_dict_maps_onto_both_towers(clip_dir, tmp_path):
     torch.testing.assert_close(m.text(ids, mask)[0], ref_pooled, atol=1e-5, rtol=1e-5)
 
 
+def test_openclip_folder_config_decides_what_the_file_cannot_say(clip_dir, tmp_path):
+    import json
+
+    folder, hf = clip_dir
+    oc = tmp_path / "ViT-tiny-openclip"
+    oc.mkdir()
+    save_file(openclip_state(hf), str(oc / "open_clip_model.safetensors"))
+    model_cfg = {"quick_gelu": True, "vision_cfg": {"width": W, "head_width": W // HEADS}, "text_cfg": {"heads": HEADS}}
+    (oc / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    keys = [f"model.vision.pretrained={oc}", f"model.text.pretrained_dir={oc}", f"model.text.tokenizer_dir={folder}"]
+    m = build_model("vit-b16-clip-cc4m", shrink(extra=keys))  # model.text.num_heads stays the file's 8
+    assert m.text.model.config.num_attention_heads == HEADS and m.text.model.config.hidden_act == "quick_gelu"
+    assert m.load_reports[1].layout == "openclip" and m.load_reports[1].unused == ["visual.class_embedding", "visual.proj"]
+    model_cfg["vision_cfg"]["head_width"] = W // 4
+    (oc / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    with pytest.raises(ValueError, match=r"model.vision.num_heads=\[4, 4\]"):
+        build_model("vit-b16-clip-cc4m", shrink(extra=keys))
+
+
 def test_openclip_file_needs_a_tokenizer_folder_and_named_configs_need_their_weights(clip_dir, tmp_path):
     folder, hf = clip_dir
     save_file(openclip_state(hf), str(tmp_path / "oc.safetensors"))
@@ -308,3 +327,25 @@ def test_dinov2_registers_are_kept_or_dropped_in_both_layouts(tmp_path):
     for k, v in m.vision.state_dict().items():
         if k in report.loaded:
             assert torch.equal(m2.vision.state_dict()[k], v), k
+
+
+@torch.no_grad()
+def test_checkpoint_of_a_clip_model_rebuilds_its_text_tower_without_the_weights(clip_dir, tmp_path):
+    from ovseg.checkpoint import load_checkpoint, save_checkpoint
+    from ovseg.config import load_config
+
+    folder, _ = clip_dir
+    cfg = load_config("vit-b16-clip-cc4m", shrink(extra=[f"model.vision.pretrained={folder}",
+                                                         f"model.text.pretrained_dir={folder}"]))
+    model = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, cfg)
+    (folder / "model.safetensors").rename(tmp_path / "moved.safetensors")  # the weights are gone, the tokenizer stays
+    try:
+        loaded, _ = load_checkpoint(path)
+    finally:
+        (tmp_path / "moved.safetensors").rename(folder / "model.safetensors")
+    loaded.eval()
+    ids, mask = model.tokenizer([*TEXTS, f"a {model.tokenizer.mask_token}"])
+    torch.testing.assert_close(loaded.encode_text(ids, mask), model.encode_text(ids, mask), atol=0, rtol=0)
+    x = torch.randn(1, 3, IMG, IMG)
+    torch.testing.assert_close(loaded.encode_image(x)[0], model.encode_image(x)[0], atol=0, rtol=0)
