@@ -18,8 +18,9 @@ def build_model(name_or_config: str | Config = "tiny", overrides: tuple[str, ...
                 text_hf_config: dict | None = None, load_pretrained: bool = True) -> OVSegmentor:
     """Build the model of a named config (``tiny``, ``vit-b16-cc4m``...), a YAML path or a ``Config``.
 
-    Pretrained weights named in the config (a DINO/timm ViT file, a BERT-family directory) are loaded from
-    local files; ``model.load_reports`` lists what was loaded, what is new and what was left unused.
+    Pretrained weights named in the config (a DINO / timm / DINOv2 / CLIP vision file or folder, a BERT-family
+    or CLIP text source) are loaded from local files; ``model.load_reports`` lists what was loaded, what is new
+    and what was left unused (docs/pretrained.md).
     ``text_hf_config`` rebuilds a text tower's architecture without its directory (checkpoint loading), and
     ``load_pretrained=False`` skips the vision weights file (the checkpoint brings the weights).
     """
@@ -28,10 +29,10 @@ def build_model(name_or_config: str | Config = "tiny", overrides: tuple[str, ...
     if load_pretrained:
         required_weights(cfg, text_from_checkpoint=text_hf_config is not None)
     model = OVSegmentor(cfg.model, build_tokenizer(text), text_hf_config)
+    if text.kind == "clip" and model.load_reports:
+        log.info("%s", model.load_reports[0])
     if load_pretrained and vision.pretrained:
         log.info("%s", model.load_vision_weights(vision.pretrained, vision.pretrained_kind))
-    for report in model.load_reports[:1] if text.kind == "clip" else []:
-        log.info("%s", report)
     return model
 
 

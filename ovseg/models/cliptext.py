@@ -117,6 +117,7 @@ def _openclip_config(tensors, p: str, cfg, meta: dict | None, hf_tokenizer) -> C
     tok = tensors[p + "token_embedding.weight"]
     root = p + "transformer.resblocks."
     layers = 1 + max((int(k[len(root):].split(".")[0]) for k in tensors if k.startswith(root)), default=-1)
+    positions = tensors[p + "positional_embedding"].shape[0]
     proj = tensors.get(p + "text_projection")
     proj_dim = proj.shape[1] if proj is not None else tensors[p + "text_projection.weight"].shape[0]
     mc = (meta or {}).get("model_cfg", {})
@@ -124,7 +125,7 @@ def _openclip_config(tensors, p: str, cfg, meta: dict | None, hf_tokenizer) -> C
     act = ("quick_gelu" if mc["quick_gelu"] else "gelu") if "quick_gelu" in mc else cfg.act
     return CLIPTextConfig(vocab_size=max(len(hf_tokenizer), tok.shape[0]), hidden_size=tok.shape[1],
                           intermediate_size=tensors[root + "0.mlp.c_fc.weight"].shape[0], num_hidden_layers=layers,
-                          num_attention_heads=heads, max_position_embeddings=tensors[p + "positional_embedding"].shape[0],
+                          num_attention_heads=heads, max_position_embeddings=positions,
                           hidden_act=act, projection_dim=proj_dim, layer_norm_eps=1e-5,  # open_clip's LayerNorm
                           bos_token_id=hf_tokenizer.bos_token_id, eos_token_id=hf_tokenizer.eos_token_id,
                           pad_token_id=hf_tokenizer.pad_token_id)

@@ -10,7 +10,7 @@ sources map the same way (docs/pretrained.md):
   tokens load into ``model.vision.num_registers`` of them, or are dropped when that is 0.
 - CLIP (an OpenCLIP state dict, or a Hugging Face CLIP folder): renamed by ``clipweights.py``; its ``ln_pre``
   needs ``model.vision.pre_norm``, its conv has no bias (ours is set to zero), its class token and projection
-  have no counterpart.
+  have no counterpart. timm's CLIP ViTs (``vit_*_clip_*``) use timm's names and ``norm_pre``.
 
 Every key is accounted for: loaded (into a model key; ``origin`` says from which file keys), new (in the
 model, not in the file), unused (this tower's file keys the model has no place for) or other (another tower's
@@ -50,7 +50,7 @@ class LoadReport:
     other: list[str] = field(default_factory=list)  # file keys of another tower (read by that tower's loader)
     origin: dict[str, list[str]] = field(default_factory=dict)  # loaded model key -> the file keys it came from
     notes: list[str] = field(default_factory=list)
-    layout: str = ""  # what the file was read as: vit, dinov2, openclip, hf-clip
+    layout: str = ""  # what the file was read as: vit, dinov2, timm-clip, openclip, hf-clip
 
     def __str__(self) -> str:
         heads = sorted({".".join(k.split(".")[:2]) for k in self.new})
@@ -199,10 +199,12 @@ def detect_layout(tensors: dict[str, torch.Tensor]) -> str:
     keys = _strip_prefixes(tensors)
     if any(k in keys for k in _DINOV2_ONLY) or any(k.endswith(".ls1.gamma") for k in keys):
         return "dinov2"
+    if "norm_pre.weight" in keys:  # timm's CLIP ViTs (vit_*_clip_*): timm names, CLIP's pre-LayerNorm
+        return "timm-clip"
     return "vit"
 
 
-_KIND_OF_LAYOUT = {"vit": "vit", "dinov2": "dinov2", "openclip": "clip", "hf-clip": "clip"}
+_KIND_OF_LAYOUT = {"vit": "vit", "dinov2": "dinov2", "openclip": "clip", "hf-clip": "clip", "timm-clip": "clip"}
 
 
 def load_vision_weights(model: GroupViT, path: str | Path, kind: str = "auto") -> LoadReport:

