@@ -205,6 +205,7 @@ def detect_layout(tensors: dict[str, torch.Tensor]) -> str:
 
 
 _KIND_OF_LAYOUT = {"vit": "vit", "dinov2": "dinov2", "openclip": "clip", "hf-clip": "clip", "timm-clip": "clip"}
+_KIND_NAMES = {"vit": "a DINO / timm ViT", "dinov2": "a DINOv2 ViT", "clip": "a CLIP image tower"}
 
 
 def load_vision_weights(model: GroupViT, path: str | Path, kind: str = "auto") -> LoadReport:
@@ -218,7 +219,7 @@ def load_vision_weights(model: GroupViT, path: str | Path, kind: str = "auto") -
     layout = detect_layout(weights.tensors)
     if kind != "auto" and _KIND_OF_LAYOUT[layout] != kind:
         raise ValueError(f"{path}: holds a {layout} checkpoint, but model.vision.pretrained_kind={kind} expects "
-                         f"{ {'vit': 'a DINO / timm ViT', 'dinov2': 'a DINOv2 ViT', 'clip': 'a CLIP model'}[kind]}")
+                         f"{_KIND_NAMES[kind]}")
     other: list[str] = []
     if layout in ("openclip", "hf-clip"):
         check_clip_vision_config(weights, model.cfg)
