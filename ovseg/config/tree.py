@@ -15,7 +15,10 @@ from .rules import Checked, ConfigError, at_least, between, choice, positive, te
 
 # the allowed values of the enumerated keys; consumers import these (or a test checks theirs are equal)
 STEMS = ("patch", "conv")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "eot")  # models/text.py
+TEXT_KINDS = ("bert", "clip")  # models/text.py
+ACTIVATIONS = ("gelu", "quick_gelu")  # models/vision.py, models/text.py
+VISION_SOURCES = ("auto", "vit", "dinov2", "clip")  # models/pretrained.py SOURCES
 ASSIGNMENTS = ("hard", "soft")
 MOSAIC_LAYOUTS = ("paste", "side")  # models/mosaic.py LAYOUTS
 BACKGROUNDS = ("cluttered", "smooth")  # data/synthetic/shapes.py BACKGROUNDS
@@ -59,7 +62,22 @@ class VisionConfig(Checked):
     center_keys: bool = False
     assign_eps: float = positive(1.0)  # eps = 1 makes the assignment a mean pool (GroupViT#17: small eps is unstable)
     norm_eps: float = positive(1e-5)
-    pretrained: str | None = text()  # local DINO / timm ViT checkpoint (.pth or .safetensors)
+    # A local file or folder of pretrained weights (docs/pretrained.md): a DINO / timm ViT or DINOv2 checkpoint
+    # (.pth / .bin / .safetensors), an OpenCLIP file (or its folder), a Hugging Face CLIP folder. Never downloaded.
+    pretrained: str | None = text()
+    # What ``pretrained`` must hold. "auto": whatever its keys show, and it may be absent (random init). "vit",
+    # "dinov2", "clip": that kind, and it is required (a named config that starts from it says so; building the
+    # model without it is an error naming this key)
+    pretrained_kind: str = choice("auto", VISION_SOURCES)
+    # Architecture options of pretrained ViTs, each off by default (the paper's DINO blocks have none):
+    pre_norm: bool = False  # a LayerNorm on the embedded tokens before the first block (CLIP's ln_pre)
+    act: str = choice("gelu", ACTIVATIONS)  # the blocks' MLP activation; OpenAI's CLIP was trained with quick_gelu
+    # LayerScale (a learned per-channel scale on each residual branch, Touvron et al. 2021) in every ViT block of
+    # the stages, starting at this value; DINOv2 has it (its 1e-5 initial value; loaded weights replace it)
+    layer_scale: float | None = positive(None)
+    # learned register tokens (Darcet et al. 2024, DINOv2 with registers) that join every block of every stage and
+    # are never grouped; a file's registers load when the counts match, and are dropped (unused) when this is 0
+    num_registers: int = at_least(0, 0)
 
     def check_together(self) -> None:
         n = len(self.depths)
@@ -85,16 +103,30 @@ class VisionConfig(Checked):
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ConfigError(f"config key 'model.vision.patch_size' must be a power of two >= 2 with "
                               f"model.vision.stem=conv, got {self.patch_size}")
+        if self.pretrained_kind != "auto" and self.stem != "patch":
+            raise ConfigError(f"config key 'model.vision.pretrained_kind' ({self.pretrained_kind}) needs the ViT "
+                              f"patch embedding (model.vision.stem=patch), got stem {self.stem!r}")
 
 
 @dataclass(frozen=True)
 class TextConfig(Checked):
-    """A BERT-family text tower: loaded from a local directory, or built with random weights from these sizes."""
+    """The text tower: loaded from a local directory (or file), or built with random weights from these sizes."""
 
     KEY: ClassVar[str] = "model.text"
 
-    pretrained_dir: str | None = text()  # local Hugging Face model dir; "builtin:minilm" = the packaged MiniLM-L6
-    tokenizer_dir: str | None = text()  # defaults to pretrained_dir, else the packaged BERT uncased vocabulary
+    # "bert": any BERT-family Hugging Face encoder (the paper: bert-base-uncased). "clip": CLIP's causal text
+    # transformer with its own BPE tokenizer, pooled at the end-of-text token (docs/pretrained.md)
+    kind: str = choice("bert", TEXT_KINDS)
+    # local Hugging Face model dir; "builtin:minilm" = the packaged MiniLM-L6. With kind=clip: a Hugging Face CLIP
+    # folder, or an OpenCLIP .bin/.safetensors file (or its folder)
+    pretrained_dir: str | None = text()
+    # defaults to pretrained_dir, else the packaged BERT uncased vocabulary. kind=clip: a folder with CLIP's
+    # vocab.json and merges.txt (a Hugging Face CLIP folder has them); required when pretrained_dir is an OpenCLIP
+    # file or absent. Nothing is downloaded
+    tokenizer_dir: str | None = text()
+    # building the model without pretrained_dir is an error naming this key, not a random tower (named configs
+    # that start from pretrained text weights set it)
+    pretrained_required: bool = False
     width: int = positive(768)
     depth: int = positive(12)
     num_heads: int = positive(12)
@@ -106,8 +138,12 @@ class TextConfig(Checked):
     dropout: float | None = between(0.0, 1.0, None, hi_open=True)
     # "cls": the last hidden state at [CLS] (the paper). "mean": the mean over real tokens ([CLS] and [SEP]
     # included), the pooling sentence-transformers trains MiniLM with: a pretrained MiniLM's [CLS] state was
-    # never trained to stand for the sentence
+    # never trained to stand for the sentence. "eot": the last real token (BERT's [SEP], CLIP's end-of-text
+    # token, where CLIP pools; kind=clip needs "eot" or "mean": its causal first token sees only itself)
     pooling: str = choice("cls", POOLINGS)
+    # the activation of a tower built from sizes (a random one, or CLIP's from an OpenCLIP file, which does not
+    # say); a Hugging Face folder brings its own. OpenAI's CLIP weights: quick_gelu
+    act: str = choice("gelu", ACTIVATIONS)
     # keep the tower's weights fixed in stage 1 as well (stage 2 always freezes them; its projector trains)
     freeze: bool = False
     # a frozen tower's features come from a cache keyed by token ids and the tower's fingerprint
@@ -123,6 +159,9 @@ class TextConfig(Checked):
         if self.pretrained_dir is None and self.width % self.num_heads:  # a pretrained tower brings its own sizes
             raise ConfigError(f"config key 'model.text.width' ({self.width}) must be divisible by "
                               f"model.text.num_heads ({self.num_heads})")
+        if self.kind == "clip" and self.pooling == "cls":
+            raise ConfigError("config key 'model.text.pooling' must be 'eot' (or 'mean') with model.text.kind=clip: "
+                              "CLIP's causal first token sees only itself")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The two-tower OVSegmentor model (CVPR 2023): GroupViT image tower, BERT text tower, entity decoder.
+"""The two-tower OVSegmentor model (CVPR 2023): GroupViT image tower, BERT (or CLIP) text tower, entity decoder.
 
 Contract used by evaluation, Flower and Tune code (nothing else is read from a model, nothing is attached):
   encode_image(images) -> (image_emb (B,E), group_emb (B,G,E), assign (B,G,h,w))   embeddings L2-normalised
@@ -6,7 +6,8 @@ Contract used by evaluation, Flower and Tune code (nothing else is read from a m
   tokenizer(texts) -> (ids, mask)       the text tower's own tokenizer, given at construction
   scale() / logit_scale                 the (clamped) temperature and its parameter
   forward(batch) -> dict of named tensors, consumed by the loss terms of ``ovseg.train.task``
-  load_reports                          what pretrained weights were loaded (text tower, ``load_vision_weights``)
+  load_reports                          what pretrained weights were loaded (text tower, ``load_vision_weights``):
+                                        a CLIP text tower and every vision file give a ``LoadReport``
 The batch keys a forward understands, each optional but the first two:
   image, caption_ids/caption_mask             image-caption contrast (section 3.1)
   question_ids/question_mask, answer_*        masked entity completion (section 3.2)
@@ -55,9 +56,10 @@ class OVSegmentor(nn.Module):
         self.frozen_norms: tuple[str, ...] = ()  # see set_frozen_norms
         self.load_reports: list = [self.text.load_report] if cfg.text.pretrained_dir and text_hf_config is None else []
 
-    def load_vision_weights(self, path: str) -> LoadReport:
-        """Pretrained ViT weights (a DINO / timm file) into the vision tower; the report is kept in load_reports."""
-        report = load_vision_weights(self.vision, path)
+    def load_vision_weights(self, path: str, kind: str = "auto") -> LoadReport:
+        """Pretrained ViT weights (DINO / timm, DINOv2, CLIP; ``pretrained.py``) into the vision tower; the report
+        is kept in load_reports. ``kind`` other than "auto" requires that kind of file."""
+        report = load_vision_weights(self.vision, path, kind)
         self.load_reports.append(report)
         return report
 

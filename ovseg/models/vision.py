@@ -7,7 +7,9 @@ two grouping stages (64 -> 64, then 8 -> 8). The final tokens are layer-normalis
 
 The positional embedding is learned for the training grid and bicubically resized for any other input size.
 Block parameter names follow timm/DINO (``patch_embed.proj``, ``blocks.*.attn.qkv``...) so that a DINO
-checkpoint maps onto the stages (see ``pretrained.py``).
+checkpoint maps onto the stages (see ``pretrained.py``). Options for the other pretrained ViTs, each off by
+default: a LayerNorm before the first block (CLIP's ``ln_pre``), QuickGELU (OpenAI's CLIP), LayerScale and
+register tokens (DINOv2); registers join every block of every stage and are never grouped.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import Mlp, PatchEmbed, QuickGELU, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import VisionConfig
 from .grouping import GroupAttention, GroupingBlock
+
+# the blocks' MLP activation (config model.vision.act); QuickGELU is x * sigmoid(1.702 x), OpenAI CLIP's
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 @dataclass
@@ -71,8 +76,11 @@ class GroupingStage(nn.Module):
         super().__init__()
         dim, n_tok = cfg.embed_dim, cfg.num_group_tokens[index]
         norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        if cfg.act not in ACTIVATIONS:
+            raise ValueError(f"model.vision.act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.num_heads[index], cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dp, norm_layer=norm)
+            Block(dim, cfg.num_heads[index], cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dp, norm_layer=norm,
+                  init_values=cfg.layer_scale, act_layer=ACTIVATIONS[cfg.act])
             for dp in drop_path
         )
         self.group_token = nn.Parameter(torch.zeros(1, n_tok, dim)) if n_tok else None
@@ -92,21 +100,25 @@ class GroupingStage(nn.Module):
                 gumbel=cfg.gumbel, group_residual=cfg.group_residual,
                 center_keys=cfg.center_keys)
 
-    def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None, registers: torch.Tensor | None = None):
+        """[tokens, registers, group tokens] through the blocks; the tokens (only) are then grouped."""
         B, N, _ = x.shape
+        R = 0 if registers is None else registers.shape[1]
+        parts = [x] if registers is None else [x, registers]
         group = None
         if self.group_token is not None:
             group = self.group_token.expand(B, -1, -1)
             if self.group_projector is not None:
                 group = group + self.group_projector(prev_group)
-            x = torch.cat([x, group], dim=1)
+            parts.append(group)
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else x
         for blk in self.blocks:
             x = blk(x)
-        x, group = x[:, :N], x[:, N:]
+        x, registers, group = x[:, :N], (x[:, N:N + R] if R else registers), x[:, N + R:]
         attn = None
         if self.downsample is not None:
             x, attn = self.downsample(x, group)
-        return x, group, attn
+        return x, group, attn, registers
 
 
 class GroupViT(nn.Module):
@@ -139,6 +151,11 @@ class GroupViT(nn.Module):
             raise ValueError(f"vision config: stem must be 'patch' or 'conv', got {cfg.stem!r}")
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.embed_dim))
         trunc_normal_(self.pos_embed, std=0.02)
+        self.pre_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.pre_norm else None
+        self.register_tokens = None
+        if cfg.num_registers:  # DINOv2 starts its registers at N(0, 1e-6) (dinov2/models/vision_transformer.py)
+            self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.embed_dim))
+            nn.init.normal_(self.register_tokens, std=1e-6)
         total = sum(cfg.depths)
         dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as in timm
         starts = [sum(cfg.depths[:i]) for i in range(n)]
@@ -153,13 +170,21 @@ class GroupViT(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=0,
                                       interpolation="bicubic", antialias=False)
 
-    def forward(self, images: torch.Tensor) -> VisionOutput:
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) -> the tokens the first block sees (B, h*w, D), and the grid (h, w)."""
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         x = self.patch_embed(images)  # (B, h*w, D)
         x = x + self.pos_embed_for(grid)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
+        return x, grid
+
+    def forward(self, images: torch.Tensor) -> VisionOutput:
+        x, grid = self.embed(images)
+        registers = None if self.register_tokens is None else self.register_tokens.expand(x.shape[0], -1, -1)
         group, attns = None, []
         for layer in self.layers:
-            x, group, attn = layer(x, group)
+            x, group, attn, registers = layer(x, group, registers)
             if attn is not None:
                 attns.append(attn)
         return VisionOutput(tokens=self.norm(x), attns=attns, grid=grid)

@@ -3,7 +3,8 @@ size, one forward and backward pass of a stage-2 training batch gives a finite l
 
 The reduction keeps each file's structure (its number of grouping stages, its stem, patch norm, assignment
 switches, its loss weights) and shrinks only the sizes, so even the paper's ViT-B/16 runs in a second or two
-on the CPU. Pretrained weight paths are switched off: nothing is downloaded in tests.
+on the CPU. Pretrained weight paths are switched off (and the configs that require them are told not to):
+nothing is downloaded in tests. A CLIP text tower gets a tiny CLIP tokenizer written for the test.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from clip_fixtures import write_clip_tokenizer
 
 import ovseg
 from ovseg import build_model
@@ -28,16 +30,21 @@ CONFIG_FILES = sorted((Path(ovseg.__file__).parent / "configs").glob("*.yaml"))
 IMG, PATCH, WIDTH, TEXT, EMBED = 32, 8, 32, 32, 32
 
 
-def reduced(name: str) -> list[str]:
+def reduced(name: str, tmp_path: Path | None = None) -> list[str]:
     """Dotted overrides that shrink a named config while keeping its number of stages."""
-    stages = len(load_config(name).model.vision.depths)
+    cfg = load_config(name)
+    stages = len(cfg.model.vision.depths)
+    tokenizer = "null"
+    if cfg.model.text.kind == "clip":  # CLIP's BPE tokenizer: a tiny one in the test's folder
+        tokenizer = str(write_clip_tokenizer(tmp_path / "clip-tokenizer"))
     tokens = [8 >> i for i in range(stages - 1)] + [0]  # 8 group tokens, then 4, ...; none in the last stage
     groups = [t // 2 for t in tokens[:-1]]
     return [f"model.vision.img_size={IMG}", f"model.vision.patch_size={PATCH}", f"model.vision.embed_dim={WIDTH}",
             f"model.vision.depths={[1] * stages}", f"model.vision.num_heads={[2] * stages}",
             f"model.vision.num_group_tokens={tokens}", f"model.vision.num_output_groups={groups}",
-            "model.vision.pretrained=null", "model.vision.drop_path_rate=0.0",
-            "model.text.pretrained_dir=null", "model.text.tokenizer_dir=null", f"model.text.width={TEXT}",
+            "model.vision.pretrained=null", "model.vision.pretrained_kind=auto", "model.vision.drop_path_rate=0.0",
+            "model.text.pretrained_dir=null", "model.text.pretrained_required=false",
+            f"model.text.tokenizer_dir={tokenizer}", f"model.text.width={TEXT}",
             "model.text.depth=1", "model.text.num_heads=2", f"model.text.mlp_dim={2 * TEXT}",
             "model.text.max_length=16", f"model.embed_dim={EMBED}", f"model.proj_hidden_dim={2 * EMBED}",
             "model.decoder_heads=2", f"loss.mask_size={IMG}"]
@@ -62,8 +69,8 @@ def _batch(model, n=2):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[p.stem for p in CONFIG_FILES])
-def test_named_config_builds_and_one_training_step_has_finite_loss_and_gradients(path):
-    overrides = reduced(path.stem)
+def test_named_config_builds_and_one_training_step_has_finite_loss_and_gradients(path, tmp_path):
+    overrides = reduced(path.stem, tmp_path)
     cfg = load_config(path.stem, overrides)
     file_cfg = load_config(path.stem)
     # the reduction kept the file's structure
