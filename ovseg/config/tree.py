@@ -238,6 +238,13 @@ class EvalConfig(Checked):
         if self.stride is not None and self.crop_size is not None and self.stride > self.crop_size:
             raise ConfigError(f"config key 'eval.stride' ({self.stride}) must be at most eval.crop_size "
                               f"({self.crop_size}): the windows must cover the image")
+        from ..eval.protocols import resolve  # the protocols' table (torch-free); here, not at import: no cycle
+
+        read = resolve(self, check_values=False)
+        if read.stride > read.crop_size:
+            raise ConfigError(f"config keys 'eval.stride' and 'eval.crop_size': with the {self.protocol} "
+                              f"protocol's values for the keys not set they are {read.stride} and "
+                              f"{read.crop_size}; the stride must be at most the window: set both")
 
 
 @dataclass(frozen=True)

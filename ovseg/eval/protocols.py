@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .pamr import DILATIONS, ITERATIONS
-
 BACKGROUND_RULES = ("threshold", "constant")
 # the keys of EvalConfig whose None means "the protocol's value"; ``platform/evaluate.py --protocol`` resets them
 GOVERNED = ("templates", "short_side", "long_side", "crop_size", "stride", "top_k", "bg_thresh")
@@ -144,6 +142,8 @@ class Settings:
 
     def describe(self, class_names: list[str]) -> str:
         """One line naming the protocol and every value it applies to ``class_names``."""
+        from .pamr import DILATIONS, ITERATIONS  # torch: this module stays importable without it (config checks)
+
         has_bg = bool(class_names) and class_names[0].strip().lower() == "background"
         if not has_bg:
             bg = "no background class"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.config import Config, EvalConfig, from_dict, merge_dicts, parse_overrides, to_dict
+from ovseg.config import Config, ConfigError, EvalConfig, from_dict, merge_dicts, parse_overrides, to_dict
 from ovseg.config.tree import EVAL_PROTOCOLS
 from ovseg.eval.pamr import pamr
 from ovseg.eval.protocols import GOVERNED, PROTOCOLS, protocol_overrides, resolve
@@ -54,8 +54,8 @@ def test_set_values_win_over_the_protocol_and_none_means_its_value():
     s = resolve(EvalConfig(protocol="tcl", pamr=True, bg_thresh=0.3, short_side=64, templates=("a {}.",),
                            long_side=0), "voc")
     assert (s.bg_thresh, s.short_side, s.templates, s.long_side, s.crop_size) == (0.3, 64, ("a {}.",), None, 448)
-    with pytest.raises(ValueError, match=r"eval.stride \(224\) must be at most eval.crop_size \(32\)"):
-        resolve(EvalConfig(crop_size=32))  # the protocol's stride does not fit the window set here
+    with pytest.raises(ConfigError, match="groupvit protocol's values for the keys not set they are 224 and 32"):
+        EvalConfig(crop_size=32)  # the protocol's stride does not fit the window set here: refused at once
     # a checkpoint written before the protocols stored every value; --protocol tcl resets them unless the
     # same command line sets them
     old = merge_dicts(to_dict(Config()), {"eval": {"templates": ["a photo of a {}."], "short_side": 448,
