@@ -74,7 +74,8 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
 
     ``protocol``: the ``eval`` section of a config (GroupViT's values when None), resolved for this benchmark
     (``bench_settings``). ``bg_thresh`` overrides the protocol's background threshold. ``on_image(i)`` is
-    called after image ``i`` is scored or skipped (progress bars); a sample that cannot be read is named on stderr and counted in ``skipped``.
+    called after image ``i`` is scored or skipped (progress bars); a sample that cannot be read is named on
+    stderr and counted in ``skipped``.
     ``part=(k, K)``: score only the k-th of K shares of the images (``share``); the K confusion matrices
     summed are the whole benchmark's (``num_images`` is then this share's count).
     """

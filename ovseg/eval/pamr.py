@@ -67,7 +67,7 @@ def pamr(image: torch.Tensor, scores: torch.Tensor, iterations: int = ITERATIONS
         p = 0
         for d in dilations:
             for s in _shifted(m, d, RING):
-                out += alpha[:, p:p + 1] * s
+                out.addcmul_(alpha[:, p:p + 1], s)  # in place: no temporary the size of the score map
                 p += 1
         m = out
     return m.to(scores.dtype)

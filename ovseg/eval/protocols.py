@@ -2,7 +2,8 @@
 
 ``groupvit``  GroupViT's protocol as OVSegmentor inherited it (OVSegmentor, CVPR 2023, and GroupViT, CVPR 2022:
               reference/ovsegmentor.md section 7; anchors.md section 1c): one prompt, the threshold background
-              rule of ``segment.window_logits`` with per-dataset thresholds. Today's behaviour, to the bit.
+              rule of ``segment.window_logits`` with per-dataset thresholds: the scores ovseg gave before
+              the protocols were named, to the bit.
 ``tcl``       TCL's unified protocol (Cha et al., CVPR 2023, kakaobrain/tcl@bc2b551; anchors.md section 2.1), the
               one the eight-benchmark table of later papers is computed under: nine prompts and a constant
               background score that competes with the class scores (0.5, or 0.4 with PAMR refinement).
@@ -73,7 +74,8 @@ GROUPVIT = Protocol(
     # pixels whose best class score is below min(bg_thresh, the window's best group score) (group_vit_seg.py
     # encode_decode; ovsegmentor.md s7 "Group -> pixel masks", step 5)
     background="threshold",
-    top_k=5,  # group_vit_seg.py: softmax over the image's top-5 classes times softmax over all (ovsegmentor.md s7 step 3)
+    # group_vit_seg.py: softmax over the image's top-5 classes times softmax over all (ovsegmentor.md s7 step 3)
+    top_k=5,
     # Resize img_scale=(2048, 448) keep_ratio, slide crop 448 stride 224: OVSegmentor@cfcbc3a and GroupViT
     # segmentation/configs/_base_/datasets/{pascal_voc12,pascal_context,coco,ade20k}.py (ovsegmentor.md s7)
     reading=MMSEG_448,
@@ -164,7 +166,8 @@ def resolve(cfg=None, dataset: str | None = None, bench_bg_thresh: float | None 
 
     A value set in ``cfg`` wins over the protocol's; ``bench_bg_thresh`` is the benchmark's own declared
     threshold, used by the threshold rule for a dataset the protocol does not list. ``cfg.long_side`` 0 means
-    no cap. ``pamr`` overrides ``cfg.pamr`` (and so TCL's threshold). ``check_values``: raise a ValueError for values that cannot be scored together (``check``).
+    no cap. ``pamr`` overrides ``cfg.pamr`` (and so TCL's threshold). ``check_values``: raise a ValueError
+    for values that cannot be scored together (``check``).
     """
     if cfg is None:
         from ..config import EvalConfig

@@ -51,6 +51,7 @@ def test_tcl_values_are_its_configs():
 
 
 def test_set_values_win_over_the_protocol_and_none_means_its_value():
+    assert all(getattr(EvalConfig(), k) is None for k in GOVERNED)  # unset: the protocol's
     s = resolve(EvalConfig(protocol="tcl", pamr=True, bg_thresh=0.3, short_side=64, templates=("a {}.",),
                            long_side=0), "voc")
     assert (s.bg_thresh, s.short_side, s.templates, s.long_side, s.crop_size) == (0.3, 64, ("a {}.",), None, 448)
@@ -120,7 +121,8 @@ def test_tcl_background_is_a_constant_that_competes_with_the_class_scores():
 def _fake_model(G=3, C=2, seed=4):
     g = torch.Generator().manual_seed(seed)
     assign = torch.rand(1, G, 2, 2, generator=g).softmax(1)
-    img, grp = F.normalize(torch.randn(1, 8, generator=g), dim=-1), F.normalize(torch.randn(1, G, 8, generator=g), dim=-1)
+    img = F.normalize(torch.randn(1, 8, generator=g), dim=-1)
+    grp = F.normalize(torch.randn(1, G, 8, generator=g), dim=-1)
     bank = F.normalize(torch.randn(C, 8, generator=g), dim=-1)
     fake = SimpleNamespace(encode_image=lambda x: (img, grp, assign), scale=lambda: torch.tensor(20.0))
     return fake, bank, group_class_scores(grp, img, bank, torch.tensor(20.0))[0], assign
