@@ -15,10 +15,39 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# Ports for the services the tests start come from a range of their own, below the kernel's ephemeral range
+# (32768-60999 here) and above Ray's worker ports (10002-19999 by default), one slice per xdist worker (four slices). A port the
+# kernel hands out for "port 0" can be taken again, between our check and the service's bind, by any process that
+# asks for an ephemeral port (Ray starts many): a SuperNode once failed to start that way. Within one slice only
+# this process allocates, and never the same port twice.
+_PORT_SLICE = 3000
+_PORT_BASE = 20000
+_handed_out: set[int] = set()
+
+
+def _slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = _PORT_BASE + (index % 4) * _PORT_SLICE
+    return range(start, start + _PORT_SLICE)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and that no other test of this run is handed."""
+    ports = _slice()
+    offset = os.getpid() % len(ports)  # a fresh process does not start where an earlier run's services may linger
+    for i in range(len(ports)):
+        port = ports[(offset + i) % len(ports)]
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1}")
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from ovseg.data import codecs
-from ovseg.data.benchmarks.coco_object import coco_stuff_to_object, convert_coco_object
+from ovseg.data.benchmarks.coco_object import coco_stuff_to_object
+from ovseg.data.benchmarks.convert import prepare_benchmark
 from ovseg.data.benchmarks.registry import build_benchmark
 from ovseg.data.segmentation.shards import benchmark_to_seg_shards, iter_seg_shards
 from ovseg.data.shardio import SkipCounter
@@ -101,8 +102,8 @@ def test_coco_object_conversion_and_reader(tmp_path):
     root = tmp_path / "coco_stuff164k"
     _jpg(root / "images" / "val2017" / "000000000139.jpg")
     _label(root / "annotations" / "val2017" / "000000000139.png", (0, 66, 91, 255))
-    assert convert_coco_object(root) == {"val2017": 1}
-    assert convert_coco_object(root) == {"val2017": 0}  # resumable: existing outputs are kept
+    assert prepare_benchmark("coco_object", root, root)["splits"]["val2017"]["written"] == 1
+    assert prepare_benchmark("coco_object", root, root)["splits"]["val2017"]["kept"] == 1  # resumable
     bench = build_benchmark("coco_object", tmp_path)
     assert len(bench.class_names) == 81 and bench.bg_thresh == 0.9
     assert bench.class_names[1] == "person" and bench.class_names[61] == "dining table"
@@ -113,8 +114,8 @@ def test_coco_object_conversion_and_reader(tmp_path):
     with pytest.raises(FileNotFoundError, match="000000000285_instanceTrainIds.png"):
         build_benchmark("coco_object", root)
     _label(root / "annotations" / "val2017" / "bad.png", (11,))
-    with pytest.raises(ValueError, match="bad.png"):
-        convert_coco_object(root)
+    skipped = prepare_benchmark("coco_object", root, root, report=lambda line: None)["skipped"]
+    assert skipped[0]["file"].endswith("bad.png") and "values [11]" in skipped[0]["reason"]  # named, counted
 
 
 def test_ade20k_reduce_zero_label(tmp_path):
@@ -134,7 +135,7 @@ def test_ade20k_reduce_zero_label(tmp_path):
 def test_malformed_trees_name_the_problem(tmp_path):
     base, _ = _voc_tree(tmp_path)
     with pytest.raises(ValueError, match="unknown benchmark"):
-        build_benchmark("cityscapes", tmp_path)
+        build_benchmark("kitti", tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_benchmark("voc", tmp_path / "nowhere")
     (base / "JPEGImages" / "2008_000001.jpg").unlink()

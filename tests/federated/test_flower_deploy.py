@@ -208,8 +208,10 @@ def test_a_site_that_tries_to_send_more_is_stopped_by_its_own_guard(federation):
 
 
 def test_secure_aggregation_reaches_the_plain_aggregate(federation):
-    """The same two rounds with SecAgg+ (the faulty site drops out of each, as in the plain run): the server never
-    sees one site's update, and its model equals the plain federation's up to the protocol's quantisation."""
+    """Round 1 again with SecAgg+ (the faulty site drops out, as in the plain run): the server never sees one
+    site's update, and its model equals the plain federation's up to the protocol's quantisation. One round:
+    each SecAgg+ stage is a ClientApp process per site (four a round, each importing torch), so a second round
+    cost CI about two minutes and showed nothing the first does not (bench/fl_secagg.py runs several)."""
     import torch
 
     from ovseg.checkpoint import read_checkpoint
@@ -219,13 +221,14 @@ def test_secure_aggregation_reaches_the_plain_aggregate(federation):
     root = federation["root"]
     t0 = time.time()
     run = flwr(federation["home"], "run", str(federation["app"]), "local-tls", "--stream", "--run-config",
-               _run_config(federation["world"], root / "runs", **{"fed.run_name": "secagg", "fed.secagg": "true"}),
+               _run_config(federation["world"], root / "runs", **{"fed.run_name": "secagg", "fed.secagg": "true",
+                                                                "fed.rounds": 1}),
                timeout=600, cwd=REPO)
     seconds = time.time() - t0
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    print(f"\n[secagg] 2 rounds: {seconds:.0f} s with SecAgg+, {federation['seconds']:.0f} s without (two "
+    print(f"\n[secagg] 1 round: {seconds:.0f} s with SecAgg+; 2 rounds without: {federation['seconds']:.0f} s (two "
           f"submissions: round 1, then a resumed round 2)")
-    assert run.stdout.count("Secure aggregation completed") == 2
+    assert run.stdout.count("Secure aggregation completed") == 1
     model, cfg = build_site_model(load_config(DEPLOYED_CONFIG))
     keys = exchange_keys(model, cfg)
 
@@ -237,12 +240,7 @@ def test_secure_aggregation_reaches_the_plain_aggregate(federation):
     step = 2 * cfg.fed.secagg_clip / 2 ** 22
     assert max(float((plain1[k] - secure1[k]).abs().max()) for k in keys) <= 2 * step
     assert max(float((plain1[k] - start[k]).abs().max()) for k in keys) > 1e3 * step  # the round moved the model
-    # round 2 starts from models 4e-6 apart: the sites' training carries that difference, far below the change
-    plain2, secure2 = weights("deploy", 2), weights("secagg", 2)
-    diff = max(float((plain2[k] - secure2[k]).abs().max()) for k in keys)
-    change = max(float((plain2[k] - plain1[k]).abs().max()) for k in keys)
-    assert diff < 0.02 * change, (diff, change)
-    assert all(torch.isfinite(secure2[k]).all() for k in keys)
+    assert all(torch.isfinite(secure1[k]).all() for k in keys)
 
 
 def test_restarted_federation_resumes_from_its_last_round(federation):

@@ -7,7 +7,10 @@ Context aeroplane->airplane, pottedplant->plant, tvmonitor->monitor; COCO-Object
 names; ADE20K keeps mmseg's names (including the trailing space of 'bed ', which the released
 prompts carry; the prompt builder may strip it).
 
-Background is not in these lists; the readers prepend it where the protocol has one.
+Background is not in these lists; the readers prepend it where the protocol has one. The benchmarks added for
+the TCL/SCLIP eight-benchmark table (COCO-Stuff-171, Cityscapes) have no GroupViT override and keep
+mmsegmentation's names, which TCL prompts with verbatim (``protocol_names`` holds each protocol's names).
+Also here: the raw-id tables the converters (``convert``) apply, each with its source.
 """
 
 VOC20_CLASSES = [
@@ -61,5 +64,46 @@ ADE20K_CLASSES = [
 _UNUSED_THING_IDS = {11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90}
 COCO_THING_IDS = [i for i in range(91) if i not in _UNUSED_THING_IDS]
 
+# COCO-Stuff-164k, 171 classes in trainId order: open-mmlab/mmsegmentation mmseg/datasets/coco_stuff.py
+# (COCOStuffDataset.CLASSES, the 0.x class TCL's segmentation/configs/_base_/datasets/stuff.py builds).
+COCO_STUFF_CLASSES = COCO_OBJECT_CLASSES + [
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood",
+    "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
+    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
+    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
+    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel",
+    "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+]
+# Raw COCO-Stuff ids (0-based stuffthingmaps values) in trainId order: the 80 things, then the 91 stuff ids
+# 91..181 (mmsegmentation tools/dataset_converters/coco_stuff164k.py, clsID_to_trID; 255 stays 255).
+COCO_STUFF_IDS = COCO_THING_IDS + list(range(91, 182))
+
+# Cityscapes, 19 evaluated classes in trainId order: mmsegmentation mmseg/datasets/cityscapes.py
+# (CityscapesDataset classes), the names of cityscapesScripts' trainIds 0..18.
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]
+# labelId -> trainId for ids 0..33, mcordts/cityscapesScripts cityscapesscripts/helpers/labels.py (every other
+# id is void: trainId 255). 'license plate' has id -1 and is never drawn into a labelIds PNG.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_NUM_IDS = 34  # label ids 0..33
+
+# PASCAL Context: the 459-class ids of background (0) and the 59 classes, sorted; label k of the converted
+# 60-class PNG is the k-th of them (mmsegmentation tools/dataset_converters/pascal_context.py, ``_mapping``,
+# which np.sort()s this list; the 459 names are alphabetical, so the 59 come out in CONTEXT59_CLASSES order).
+CONTEXT_459_IDS = sorted([
+    0, 2, 259, 260, 415, 324, 9, 258, 144, 18, 19, 22, 23, 397, 25, 284, 158, 159, 416, 33, 162, 420, 454, 295,
+    296, 427, 44, 45, 46, 308, 59, 440, 445, 31, 232, 65, 354, 424, 68, 326, 72, 458, 34, 207, 80, 355, 85, 347,
+    220, 349, 360, 98, 187, 104, 105, 366, 189, 368, 113, 115,
+])
+
 assert len(VOC20_CLASSES) == 20 and len(CONTEXT59_CLASSES) == 59
 assert len(COCO_OBJECT_CLASSES) == 80 == len(COCO_THING_IDS) and len(ADE20K_CLASSES) == 150
+assert len(COCO_STUFF_CLASSES) == 171 == len(COCO_STUFF_IDS) and len(CITYSCAPES_CLASSES) == 19
+assert len(CONTEXT_459_IDS) == 60 == len(set(CONTEXT_459_IDS))

@@ -6,10 +6,12 @@ missing file names itself); a file that does not decode (or whose header declare
 ``codecs.MAX_PIXELS``), image/label size and label values are checked when a sample is read, and a
 violation raises ValueError naming the file, which ``ovseg.eval.evaluate`` skips and counts.
 
-A family module (voc.py, context.py, coco_object.py, ade.py) registers each of its benchmarks with
-:func:`register` (name, aliases, folder layout, protocol background threshold); the package's
+A family module (voc.py, context.py, coco_object.py, coco_stuff.py, cityscapes.py, ade.py) registers each of its
+benchmarks with :func:`register` (name, aliases, folder layout, usual folder under a data root, protocol
+background threshold); the package's
 ``__init__`` imports the family modules, so every benchmark is registered whatever module is imported first.
 The helpers here (label lookup tables, id-list and folder layouts, mmseg path search) are shared by them.
+``SUITES`` names benchmark tables (``eight``: TCL's/SCLIP's); ``suite_specs`` spells one out for ``eval.datasets``.
 """
 
 
@@ -109,13 +111,28 @@ def split_items(name: str, split_file: Path, img_dir: Path, lbl_dir: Path, lbl_s
     return items
 
 
-def _folder_items(name: str, img_dir: Path, lbl_dir: Path, lbl_suffix: str):
-    """Items from an image folder (COCO, ADE): each image's label is found by suffix, as mmseg does."""
-    images = sorted(p for p in require_dir(img_dir, name).iterdir() if p.suffix.lower() == ".jpg")
+def _folder_items(name: str, img_dir: Path, lbl_dir: Path, lbl_suffix: str, img_suffix: str = ".jpg",
+                  recursive: bool = False):
+    """Items from an image folder (COCO, ADE, Cityscapes): each image's label is found by suffix, as mmseg does.
+
+    An image is a file whose name ends with ``img_suffix`` (any case); its id is the name without it, and its
+    label is ``<id><lbl_suffix>`` in the same relative folder under ``lbl_dir``. ``recursive``: images sit in
+    subfolders (Cityscapes' ``<split>/<city>/``), where two images with one id are an error.
+    """
+    pattern = "**/*" if recursive else "*"
+    suffix = img_suffix.lower()
+    images = sorted(p for p in require_dir(img_dir, name).glob(pattern)
+                    if p.name.lower().endswith(suffix) and len(p.name) > len(suffix) and p.is_file())
     require_dir(lbl_dir, name)
     if not images:
-        raise ValueError(f"{name}: no .jpg images in {img_dir}")
-    items = [(p.stem, p, lbl_dir / f"{p.stem}{lbl_suffix}") for p in images]
+        raise ValueError(f"{name}: no *{img_suffix} images in {img_dir}")
+    items, seen = [], {}
+    for p in images:
+        sample_id = p.name[:-len(suffix)]
+        if sample_id in seen:
+            raise ValueError(f"{name}: images {seen[sample_id]} and {p} share the id {sample_id!r}")
+        seen[sample_id] = p
+        items.append((sample_id, p, lbl_dir / p.parent.relative_to(img_dir) / f"{sample_id}{lbl_suffix}"))
     _check_exist(name, items, f"for the images in {img_dir}")
     return items
 
@@ -192,9 +209,11 @@ def find(root: Path, *parts: str) -> Path:
 
 
 def folder_benchmark(name: str, base: Path, split: str, suffix: str, classes: list[str], lut: np.ndarray,
-                     bg: float | None) -> SegBenchmark:
-    """COCO / ADE layout: ``base/images/<split>/*.jpg`` with labels ``base/annotations/<split>/<stem><suffix>``."""
-    items = _folder_items(name, base / "images" / split, base / "annotations" / split, suffix)
+                     bg: float | None, *, images: str = "images", labels: str = "annotations",
+                     img_suffix: str = ".jpg", recursive: bool = False) -> SegBenchmark:
+    """COCO / ADE layout: ``base/images/<split>/*.jpg`` with labels ``base/annotations/<split>/<stem><suffix>``;
+    other folder names, image suffixes and nested folders (Cityscapes) through the keywords."""
+    items = _folder_items(name, base / images / split, base / labels / split, suffix, img_suffix, recursive)
     return SegBenchmark(name, classes, items, lut, bg)
 
 
@@ -208,19 +227,28 @@ class Entry:
     build: Builder          # (root, split or None for the default, bg_thresh) -> SegBenchmark
     layout: str             # the expected folder layout, shown when a folder is missing
     bg_thresh: float | None  # the protocol's background threshold (None: no background class)
+    folder: str | None = None  # its usual folder under a common data root (mmseg's ``data/`` layout)
 
 
 REGISTRY: dict[str, Entry] = {}   # benchmark name -> entry, in registration order
 ALIASES: dict[str, str] = {}      # other spellings -> benchmark name
 BG_THRESH: dict[str, float] = {}  # protocol background thresholds (OVS configs; GroupViT uses 0.95 for COCO-Object)
 
+# Named suites: the eight-benchmark table of TCL, SCLIP and the papers after them (with background: VOC21,
+# Context60, COCO-Object; without: VOC20, Context59, COCO-Stuff-171, Cityscapes, ADE20K-150), in their order.
+SUITES: dict[str, tuple[str, ...]] = {
+    "eight": ("voc", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"),
+}
 
-def register(name: str, *, layout: str, bg_thresh: float | None = None, aliases: tuple[str, ...] = ()):
-    """Decorator: make ``build(root, split, bg_thresh)`` the reader of benchmark ``name``."""
+
+def register(name: str, *, layout: str, bg_thresh: float | None = None, aliases: tuple[str, ...] = (),
+             folder: str | None = None):
+    """Decorator: make ``build(root, split, bg_thresh)`` the reader of benchmark ``name``; ``folder`` is where it
+    usually lies under a common data root (``suite_specs``)."""
     def deco(build: Builder) -> Builder:
         if name in REGISTRY or name in ALIASES:
             raise ValueError(f"benchmark {name!r} is registered twice")
-        REGISTRY[name] = Entry(build, layout, bg_thresh)
+        REGISTRY[name] = Entry(build, layout, bg_thresh, folder)
         if bg_thresh is not None:
             BG_THRESH[name] = bg_thresh
         ALIASES.update({alias: name for alias in aliases})
@@ -244,3 +272,22 @@ def build_benchmark(name: str, root: str | Path, split: str | None = None,
     if not bench.has_background:
         bench.bg_thresh = None
     return bench
+
+
+def suite_names(suite: str) -> tuple[str, ...]:
+    """The benchmark names of suite ``suite`` (``SUITES``)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
+    return SUITES[suite]
+
+
+def suite_specs(suite: str, root: str | Path) -> list[str]:
+    """``eval.datasets`` entries ``"name=path"`` for every benchmark of ``suite``, each in its usual folder under
+    ``root`` (``VOCdevkit/VOC2012``, ``VOCdevkit/VOC2010``, ``coco_stuff164k``, ``cityscapes``,
+    ``ade/ADEChallengeData2016``, as mmseg's and TCL's configs place them under ``data/``)."""
+    specs = []
+    for name in suite_names(suite):
+        folder = REGISTRY[name].folder
+        assert folder is not None, f"benchmark {name} of suite {suite} has no usual folder"
+        specs.append(f"{name}={Path(root) / folder}")
+    return specs

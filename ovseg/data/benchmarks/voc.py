@@ -33,12 +33,12 @@ def voc_layout(root: Path, split: str, name: str, classes: list[str], lut: np.nd
     return devkit_benchmark(root, name, "VOC2012", "Segmentation", "SegmentationClass", split, classes, lut, bg)
 
 
-@register("voc", layout=VOC_LAYOUT, bg_thresh=0.95, aliases=("voc21", "voc12"))
+@register("voc", layout=VOC_LAYOUT, bg_thresh=0.95, aliases=("voc21", "voc12"), folder="VOCdevkit/VOC2012")
 def voc(root: Path, split: str | None, bg: float | None) -> SegBenchmark:
     return voc_layout(root, split or "val", "voc", ["background"] + VOC20_CLASSES, identity_lut(21), bg)
 
 
-@register("voc20", layout=VOC_LAYOUT)
+@register("voc20", layout=VOC_LAYOUT, folder="VOCdevkit/VOC2012")
 def voc20(root: Path, split: str | None, bg: float | None) -> SegBenchmark:
     return voc_layout(root, split or "val", "voc20", list(VOC20_CLASSES), drop_zero_lut(20), None)
 
