@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..config import EvalConfig
 from ..data.codecs import IGNORE
 from .metrics import ConfusionMatrix
-from .protocols import resolve
+from .protocols import prompt_names, resolve
 from .segment import segment
 from .textbank import TextBank
 from .visualize import comparison_panel
@@ -81,6 +81,7 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
     """
     names = list(bench.class_names)
     settings = bench_settings(protocol, bench, bg_thresh)
+    prompts = prompt_names(settings.protocol, getattr(bench, "name", None), names)  # the protocol's spellings
     cm = ConfusionMatrix(len(names), IGNORE)
     overlays, skipped = [], 0
     n = len(bench) if max_images is None else min(len(bench), max_images)
@@ -100,7 +101,7 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
                 if on_image is not None:
                     on_image(i)
                 continue
-            pred = segment(model, image, names, protocol=settings, bank=bank)
+            pred = segment(model, image, prompts, protocol=settings, bank=bank)
             cm.update(pred, label)
             if len(overlays) < num_overlays:
                 overlays.append(comparison_panel(image, label, pred, names))
@@ -121,7 +122,10 @@ def bench_settings(eval_cfg, bench, bg_thresh: float | None = None):
 
 def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
     """One line naming the protocol ``evaluate`` applies to ``bench`` with ``eval_cfg`` (an ``EvalConfig``)."""
-    return bench_settings(eval_cfg, bench, bg_thresh).describe(list(bench.class_names))
+    settings = bench_settings(eval_cfg, bench, bg_thresh)
+    names = list(bench.class_names)
+    renamed = [f"{a} as {b!r}" for a, b in zip(names, prompt_names(settings.protocol, bench.name, names)) if a != b]
+    return settings.describe(names) + (f", prompting {', '.join(renamed)}" if renamed else "")
 
 
 def parse_eval_sets(specs, default_root: str | Path | None = None, class_names=()):

@@ -51,6 +51,8 @@ class Protocol:
     bg_thresh: dict[str, float] = field(default_factory=dict)
     default_bg_thresh: float = 0.95
     pamr_bg_thresh: float | None = None  # the threshold when PAMR refines the scores (None: the same)
+    # the names classes are prompted with: ovseg.data.benchmarks.protocol_names (the readers' own for groupvit)
+    class_names: str = "groupvit"
 
     def reading_for(self, dataset: str | None) -> Reading:
         return self.readings.get(dataset or "", self.reading)
@@ -98,6 +100,9 @@ TCL = Protocol(
     # segmentation/evaluation/tcl_seg.py encode_decode: a channel torch.full(bg_thresh) is concatenated in
     # front of the class masks of datasets whose CLASSES[0] == "background" (builder.py with_bg)
     background="constant",
+    # mmseg's CLASSES verbatim (segmentation/datasets/pascal_voc.py PascalVOCDataset20: 'diningtable',
+    # 'pottedplant', 'tvmonitor'; Context's 'aeroplane'): ovseg/data/benchmarks/protocol_names.py, cited there
+    class_names="tcl",
     top_k=5,  # not a TCL value: TCL has no image-level filter; this model's scores keep theirs (docs/evaluation.md)
     reading=MMSEG_448,
     # one entry per dataset config of configs/eval.yml, each segmentation/configs/_base_/datasets/<file>.py:
@@ -204,6 +209,18 @@ def check(s: Settings) -> None:
         raise ValueError(f"the window batch (eval.window_batch) must be at least 1, got {s.window_batch}")
     if s.background not in BACKGROUND_RULES:
         raise ValueError(f"unknown background rule {s.background!r}; choose one of {BACKGROUND_RULES}")
+
+
+def prompt_names(protocol: str, dataset: str | None, class_names: list[str]) -> list[str]:
+    """The names ``protocol`` prompts ``dataset``'s classes with, in its label order: the protocol's list for a
+    benchmark of the eight-benchmark table read with its reader's own names, else ``class_names`` unchanged (a
+    renamed benchmark, ``--class-names``, keeps the names it was given)."""
+    from ..data.benchmarks.protocol_names import READER_CLASSES, protocol_class_names
+
+    names = list(class_names)
+    if dataset not in READER_CLASSES or names != list(READER_CLASSES[dataset]):
+        return names
+    return [alternatives[0] for alternatives in protocol_class_names(PROTOCOLS[protocol].class_names, dataset)]
 
 
 def protocol_overrides(protocol: str | None, overrides=()) -> list[str]:

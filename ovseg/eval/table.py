@@ -3,9 +3,9 @@ logged cell by cell (``platform/evaluate.py --suite eight --protocol tcl --data-
 
 The ``eight`` suite is the table papers after OVSegmentor compare on (TCL, CVPR 2023, and its successors;
 anchors.md section 1): VOC21, PC60, COCO-Object (with a background class), VOC20, PC59, COCO-Stuff-171,
-Cityscapes, ADE20K-150 (without). The suites come from ``ovseg.data.benchmarks.registry.SUITES`` when the
-registry declares them (and its ``suite_specs(suite, root)`` maps a suite to ``name=path`` specs when it has
-one); otherwise from ``FALLBACK_SUITES`` here. A suite may also be a comma-separated list of benchmark names.
+Cityscapes, ADE20K-150 (without). The suites are ``ovseg.data.benchmarks.registry.SUITES``, each benchmark in
+its usual folder under the data root (the registry's ``folder``, as ``suite_specs`` spells them out); a suite
+may also be a comma-separated list of benchmark names.
 
 A benchmark of the suite that cannot be read (no reader registered, or its data is not under the root) is an
 error naming every missing one; with ``skip_missing`` its cell is '-', the average is over the others, and a
@@ -20,29 +20,18 @@ from pathlib import Path
 # column labels of the published table (anchors.md, "Benchmark naming")
 COLUMNS = {"voc": "VOC21", "context60": "PC60", "coco_object": "Obj", "voc20": "VOC20", "context59": "PC59",
            "coco_stuff": "Stuff", "cityscapes": "City", "ade20k": "ADE"}
-FALLBACK_SUITES = {"eight": ("voc", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes",
-                             "ade20k")}
-# where MMSegmentation's data/ layout keeps a dataset below the data root, when its reader does not look there
-MMSEG_DIRS = {"ade20k": "ade", "cityscapes": "cityscapes"}
-
-
-def suites() -> dict[str, tuple[str, ...]]:
-    from ..data.benchmarks import registry
-
-    return {k: tuple(v) for k, v in (getattr(registry, "SUITES", None) or FALLBACK_SUITES).items()}
 
 
 def suite_names(suite: str) -> tuple[str, ...]:
     """A named suite's benchmarks, or those of a comma-separated list (canonical names, in the given order)."""
-    from ..data.benchmarks.registry import ALIASES
+    from ..data.benchmarks.registry import ALIASES, SUITES
 
-    known = suites()
-    if suite in known:
-        names = known[suite]
+    if suite in SUITES:
+        names = SUITES[suite]
     elif "," in suite:
         names = tuple(n.strip() for n in suite.split(",") if n.strip())
     else:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(known)}, or list benchmarks separated "
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}, or list benchmarks separated "
                          "by commas (e.g. voc,context60,ade20k)")
     names = tuple(ALIASES.get(n, n) for n in names)
     if not names or len(set(names)) != len(names):
@@ -51,17 +40,12 @@ def suite_names(suite: str) -> tuple[str, ...]:
 
 
 def spec_for(name: str, root: str | Path) -> str:
-    """``name=path`` for benchmark ``name`` under the data root (the root itself, or its MMSegmentation folder)."""
-    from ..data.benchmarks import registry
+    """``name=path`` for benchmark ``name`` in its usual folder under the data root (the root itself for one
+    without a usual folder, e.g. a synthetic world's ``val``), as ``registry.suite_specs`` places them."""
+    from ..data.benchmarks.registry import REGISTRY
 
-    mapped = getattr(registry, "suite_specs", None)
-    if mapped is not None and name in suites().get("eight", ()):
-        for spec in mapped("eight", root):
-            if spec.partition("=")[0].strip() == name:
-                return spec
-    root = Path(root)
-    below = root / MMSEG_DIRS.get(name, "")
-    return f"{name}={below if name in MMSEG_DIRS and below.is_dir() else root}"
+    folder = REGISTRY[name].folder
+    return f"{name}={Path(root) / folder if folder else Path(root)}"
 
 
 @dataclass

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from ovseg.config import Config, ConfigError, EvalConfig, from_dict, merge_dicts, parse_overrides, to_dict
 from ovseg.config.tree import EVAL_PROTOCOLS
+from ovseg.data.benchmarks.protocol_names import READER_CLASSES
 from ovseg.eval.pamr import pamr
-from ovseg.eval.protocols import GOVERNED, PROTOCOLS, protocol_overrides, resolve
+from ovseg.eval.protocols import GOVERNED, PROTOCOLS, prompt_names, protocol_overrides, resolve
 from ovseg.eval.segment import constant_background, group_class_scores, segment_logits, window_logits
 from ovseg.eval.textbank import text_bank
 
@@ -48,6 +49,13 @@ def test_tcl_values_are_its_configs():
             assert (s.short_side, s.long_side, s.crop_size, s.stride) == (448, 2048, 448, 224)
             assert (s.background, s.bg_thresh, s.pamr) == ("constant", thr, pamr_on)  # whatever the bench says
     assert set(PROTOCOLS["tcl"].readings) == set(EIGHT)  # one entry per dataset config of configs/eval.yml
+    # segmentation/datasets/pascal_voc.py PascalVOCDataset20.CLASSES, verbatim: TCL prompts mmseg's names
+    tcl_voc20 = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+                 "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    reader = list(READER_CLASSES["voc20"])
+    assert prompt_names("tcl", "voc20", reader) == tcl_voc20 and prompt_names("groupvit", "voc20", reader) == reader
+    renamed = ["airliner", *reader[1:]]  # a benchmark scored under names the user gave keeps them
+    assert prompt_names("tcl", "voc20", renamed) == renamed
 
 
 def test_set_values_win_over_the_protocol_and_none_means_its_value():

@@ -13,7 +13,8 @@ from PIL import Image
 from services import REPO
 
 from ovseg import save_checkpoint
-from ovseg.eval.table import FALLBACK_SUITES, plan_suite, suite_names
+from ovseg.data.benchmarks.registry import suite_specs
+from ovseg.eval.table import plan_suite, spec_for, suite_names
 
 SCRIPT = REPO / "platform" / "evaluate.py"
 SMALL = ["eval.short_side=32", "eval.crop_size=32", "eval.stride=16"]  # the debug model's size, under any protocol
@@ -88,6 +89,7 @@ def test_the_table_prints_its_average_and_logs_every_cell(data_root, checkpoint,
     assert code == 0, out
     assert "TCL zero-shot protocol: short side 32" in out and "'a photo of many {}.'" in out
     assert "background where every class scores below the constant 0.5" in out
+    assert "prompting table as 'diningtable', plant as 'pottedplant', monitor as 'tvmonitor'" in out  # TCL's names
     head, row = _row(out, "tcl")
     assert head == ["VOC21", "PC60", "Obj", "VOC20", "PC59", "ADE", "synthetic", "Avg"]
     cells = [float(v) for v in row[:-1]]
@@ -108,14 +110,16 @@ def test_the_table_prints_its_average_and_logs_every_cell(data_root, checkpoint,
 
 def test_a_missing_benchmark_is_named_or_shown_as_a_dash(data_root, checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert suite_names("eight") == FALLBACK_SUITES["eight"]
+    eight = ("voc", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+    assert suite_names("eight") == eight
+    assert [spec_for(n, data_root) for n in eight] == suite_specs("eight", data_root)  # the registry's folders
     with pytest.raises(ValueError, match="unknown suite 'eigth'"):
         suite_names("eigth")
     main = _main()
     assert main([str(checkpoint), "--suite", "eight", "--data-root", str(data_root)]) == 2
     err = capsys.readouterr().err
     assert "suite 'eight': 2 of 8 benchmarks cannot be read" in err and "--skip-missing" in err
-    assert re.search(r"coco_stuff: .*; cityscapes: ", err)  # today neither has a reader; later: no data here
+    assert re.search(r"coco_stuff: .*_labelTrainIds.png.*; cityscapes: .*cityscapes", err)  # no data for them here
     plan = plan_suite("eight", data_root, skip_missing=True)
     assert set(plan.missing) == {"coco_stuff", "cityscapes"} and len(plan.specs) == 6
     assert main([str(checkpoint), "--suite", "eight", "--data-root", str(data_root), "--skip-missing",
