@@ -26,6 +26,7 @@ AUGMENTS = ("paper", "light", "flip")  # data/captions/transforms.py AUGMENTS
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")  # integrations/flower/strategy.py
 TRANSPORTS = ("float32", "bfloat16")  # federated/wire.py TRANSPORTS
 DP_MODES = ("server", "client")
+EVAL_PROTOCOLS = ("groupvit", "tcl")  # eval/protocols.py PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -238,19 +239,26 @@ class LossConfig(Checked):
 
 @dataclass(frozen=True)
 class EvalConfig(Checked):
-    """Zero-shot segmentation protocol (GroupViT/OVSegmentor; reference section 7)."""
+    """Zero-shot segmentation protocol: a named one (``protocol``, ovseg/eval/protocols.py) and the values that
+    override it. Every key below left None takes the protocol's value for the dataset scored."""
 
     KEY: ClassVar[str] = "eval"
 
-    templates: tuple[str, ...] = text(("a photo of a {}.",), contains="{}")  # "{}": the class name
-    short_side: int = positive(448)
+    # "groupvit": GroupViT/OVSegmentor's (the paper's numbers); "tcl": TCL's, the eight-benchmark table's
+    protocol: str = choice("groupvit", EVAL_PROTOCOLS)
+    # pixel-adaptive mask refinement of the class scores (Araslanov and Roth 2020; ovseg/eval/pamr.py)
+    pamr: bool = False
+    templates: tuple[str, ...] | None = text(None, contains="{}")  # "{}": the class name; None: the protocol's
+    short_side: int | None = positive(None)  # None: the protocol's (448)
     # ... and the long side at most this: MMSegmentation's keep-ratio Resize with img_scale=(2048, 448), as the
-    # released dataset configs give it (it only matters for images wider than 2048 / 448 = 4.6 : 1); None: no cap
-    long_side: int | None = positive(2048)
-    crop_size: int = positive(448)
-    stride: int = positive(224)  # at most crop_size: windows must cover the image
-    bg_thresh: float | None = unit(None)  # None: each dataset's protocol value (VOC 0.95, Context 0.35, COCO 0.9)
-    top_k: int = positive(5)
+    # released dataset configs give it (it only matters for images wider than 2048 / 448 = 4.6 : 1); None: the
+    # protocol's (2048); 0: no cap
+    long_side: int | None = at_least(0, None)
+    crop_size: int | None = positive(None)  # None: the protocol's (448)
+    stride: int | None = positive(None)  # at most crop_size: windows must cover the image; None: the protocol's (224)
+    # None: the protocol's: groupvit each dataset's (VOC 0.95, Context 0.35, COCO 0.9), tcl 0.5 (0.4 with pamr)
+    bg_thresh: float | None = unit(None)
+    top_k: int | None = positive(None)  # the image-level class filter of the group scores; None: the protocol's (5)
     # sliding windows sent through the model at once: bounds the memory of one image, whatever its shape (a
     # panorama has thousands of windows); the scores do not depend on it
     window_batch: int = positive(16)
@@ -264,11 +272,18 @@ class EvalConfig(Checked):
     num_overlays: int = at_least(0, 4)
 
     def check_together(self) -> None:
-        if not self.templates:
+        if self.templates is not None and not self.templates:
             raise ConfigError("config key 'eval.templates' needs at least one prompt template, got []")
-        if self.stride > self.crop_size:
+        if self.stride is not None and self.crop_size is not None and self.stride > self.crop_size:
             raise ConfigError(f"config key 'eval.stride' ({self.stride}) must be at most eval.crop_size "
                               f"({self.crop_size}): the windows must cover the image")
+        from ..eval.protocols import resolve  # the protocols' table (torch-free); here, not at import: no cycle
+
+        read = resolve(self, check_values=False)
+        if read.stride > read.crop_size:
+            raise ConfigError(f"config keys 'eval.stride' and 'eval.crop_size': with the {self.protocol} "
+                              f"protocol's values for the keys not set they are {read.stride} and "
+                              f"{read.crop_size}; the stride must be at most the window: set both")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..config import EvalConfig
 from ..data.codecs import IGNORE
 from .metrics import ConfusionMatrix
+from .protocols import prompt_names, resolve
 from .segment import segment
 from .textbank import TextBank
 from .visualize import comparison_panel
@@ -71,14 +72,16 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
              on_image: Callable[[int], None] | None = None, part: tuple[int, int] = (0, 1)) -> EvalResult:
     """Segment ``bench`` (an ``ovseg.data.benchmarks.SegBenchmark``-like sequence) and score it.
 
-    ``protocol``: the ``eval`` section of a config (GroupViT's values when None). ``bg_thresh`` overrides the
-    benchmark's own background threshold. ``on_image(i)`` is called after image ``i`` is scored or skipped
-    (progress bars); a sample that cannot be read is named on stderr and counted in ``skipped``.
+    ``protocol``: the ``eval`` section of a config (GroupViT's values when None), resolved for this benchmark
+    (``bench_settings``). ``bg_thresh`` overrides the protocol's background threshold. ``on_image(i)`` is
+    called after image ``i`` is scored or skipped (progress bars); a sample that cannot be read is named on
+    stderr and counted in ``skipped``.
     ``part=(k, K)``: score only the k-th of K shares of the images (``share``); the K confusion matrices
     summed are the whole benchmark's (``num_images`` is then this share's count).
     """
     names = list(bench.class_names)
-    thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
+    settings = bench_settings(protocol, bench, bg_thresh)
+    prompts = prompt_names(settings.protocol, getattr(bench, "name", None), names)  # the protocol's spellings
     cm = ConfusionMatrix(len(names), IGNORE)
     overlays, skipped = [], 0
     n = len(bench) if max_images is None else min(len(bench), max_images)
@@ -98,7 +101,7 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
                 if on_image is not None:
                     on_image(i)
                 continue
-            pred = segment(model, image, names, protocol=protocol, bank=bank, bg_thresh=thr)
+            pred = segment(model, image, prompts, protocol=settings, bank=bank)
             cm.update(pred, label)
             if len(overlays) < num_overlays:
                 overlays.append(comparison_panel(image, label, pred, names))
@@ -110,16 +113,19 @@ def evaluate(model, bench, *, protocol: EvalConfig | None = None, max_images: in
     return EvalResult(getattr(bench, "name", "dataset"), names, cm, len(indices) - skipped, skipped, overlays)
 
 
+def bench_settings(eval_cfg, bench, bg_thresh: float | None = None):
+    """The ``Settings`` ``evaluate`` scores ``bench`` with: ``eval_cfg``'s protocol for the benchmark's name (and
+    its own declared background threshold, for a name the protocol does not list); ``bg_thresh`` overrides."""
+    settings = resolve(eval_cfg, getattr(bench, "name", None), getattr(bench, "bg_thresh", None))
+    return settings.replace(bg_thresh=bg_thresh)
+
+
 def describe_protocol(eval_cfg, bench, bg_thresh: float | None = None) -> str:
     """One line naming the protocol ``evaluate`` applies to ``bench`` with ``eval_cfg`` (an ``EvalConfig``)."""
-    thr = bg_thresh if bg_thresh is not None else getattr(bench, "bg_thresh", None)
-    has_bg = bool(bench.class_names) and bench.class_names[0].strip().lower() == "background"
-    bg = f"background below min({thr}, best group score)" if has_bg else "no background class"
-    cap = f" (long side at most {eval_cfg.long_side})" if eval_cfg.long_side else ""
-    return (f"GroupViT/OVSegmentor zero-shot protocol: short side {eval_cfg.short_side}{cap}, "
-            f"window {eval_cfg.crop_size} "
-            f"stride {eval_cfg.stride}, prompts {list(eval_cfg.templates)}, top-{eval_cfg.top_k} image-level class "
-            f"filter, {bg}; {len(bench.class_names)} classes")
+    settings = bench_settings(eval_cfg, bench, bg_thresh)
+    names = list(bench.class_names)
+    renamed = [f"{a} as {b!r}" for a, b in zip(names, prompt_names(settings.protocol, bench.name, names)) if a != b]
+    return settings.describe(names) + (f", prompting {', '.join(renamed)}" if renamed else "")
 
 
 def parse_eval_sets(specs, default_root: str | Path | None = None, class_names=()):

@@ -95,7 +95,9 @@ def test_evaluate_reproduces_the_logged_miou_and_logs_to_mlflow(trained_run, tmp
             assert abs(got["metrics"][key] - value) < 0.005, key
     out = res.stdout
     assert f"zero-shot synthetic mIoU {got['metrics']['zeroshot/synthetic/miou']:.4f} (6 images)" in out
-    ev = debug_cfg.eval  # the run's configuration
+    from ovseg.eval.protocols import resolve
+
+    ev = resolve(debug_cfg.eval)  # the run's configuration, its keys left None at the protocol's values
     assert (f"short side {ev.short_side} (long side at most {ev.long_side}), window {ev.crop_size} "
             f"stride {ev.stride}") in out and "'a photo of a {}.'" in out
     assert f"min({ev.bg_thresh}" in out  # the configuration's fixed background threshold

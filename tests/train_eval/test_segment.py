@@ -154,7 +154,7 @@ def test_windows_in_batches_give_the_all_at_once_scores(debug_model, hw, crop, s
     from ovseg.eval.segment import segment_logits
     from ovseg.eval.textbank import TextBank
 
-    proto = EvalConfig(short_side=32, long_side=None, crop_size=crop, stride=stride, bg_thresh=0.5)
+    proto = EvalConfig(short_side=32, long_side=0, crop_size=crop, stride=stride, bg_thresh=0.5)  # 0: no cap
     bank = TextBank()  # the class embeddings once
     rgb = np.random.default_rng(3).integers(0, 256, (*hw, 3), dtype=np.uint8)
     names = ["background", "cat", "dog"]
@@ -177,8 +177,9 @@ def test_windows_in_batches_give_the_all_at_once_scores(debug_model, hw, crop, s
 
 def test_the_window_batch_comes_from_the_protocol_and_must_be_positive(debug_model):
     from ovseg.config import EvalConfig
+    from ovseg.eval.protocols import resolve
 
-    proto = EvalConfig()
+    proto = resolve(EvalConfig())  # the keys left None take the protocol's values
     assert (proto.short_side, proto.crop_size, proto.stride, proto.long_side, proto.window_batch) == \
         (448, 448, 224, 2048, 16)  # the paper protocol; the batch only bounds memory
     seen = []
