@@ -64,8 +64,34 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent id, start time) of a live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """Every live process below ``pid``, as (id, start time): the start time tells a reused id apart."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (st := _stat(int(d.name))) is not None:
+            children.setdefault(st[0], []).append((int(d.name), st[1]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM the process group the service leads (its own id), then SIGKILL what is left."""
+    """SIGTERM the process group the service leads (its own id), then SIGKILL what is left, and every process it
+    started in a session of its own (a SuperLink's ServerApp): those outlive the group's signal, their parent
+    gone, when a run did not end by itself. Their ids are read before anything is signalled."""
+    below = descendants(proc.pid) if proc.poll() is None else []
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -77,6 +103,13 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     except ProcessLookupError:
         pass
     proc.wait(5)
+    for pid, started in below:
+        st = _stat(pid)
+        if st is not None and st[1] == started:  # the same process, not a later one given its id
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def env(**extra: str) -> dict[str, str]:

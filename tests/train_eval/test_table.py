@@ -1,16 +1,18 @@
 """``platform/evaluate.py --suite ... --protocol ...``: the benchmark table on fixture trees in their real
-layouts (VOC, Context, COCO-Object, ADE20K under one MMSegmentation data root) and a synthetic world."""
+layouts (the eight benchmarks under one MMSegmentation data root) and a synthetic world; the full table is
+scored on a trained ``tiny`` checkpoint and logged to a real MLflow server."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
-from services import REPO
+from services import REPO, start_mlflow, stop
 
 from ovseg import save_checkpoint
 from ovseg.data.benchmarks.registry import suite_specs
@@ -18,6 +20,7 @@ from ovseg.eval.table import plan_suite, spec_for, suite_names
 
 SCRIPT = REPO / "platform" / "evaluate.py"
 SMALL = ["eval.short_side=32", "eval.crop_size=32", "eval.stride=16"]  # the debug model's size, under any protocol
+TINY = ["eval.short_side=64", "eval.crop_size=64", "eval.stride=32"]  # tiny's own reading (its config sets them)
 
 
 def _jpg(path, seed, size=(24, 32)):
@@ -57,6 +60,54 @@ def data_root(tmp_path_factory, make_world):
 
 
 @pytest.fixture(scope="module")
+def full_root(data_root, tmp_path_factory):
+    """The six benchmarks above plus COCO-Stuff-171 and Cityscapes: all eight of the table."""
+    root = tmp_path_factory.mktemp("data8") / "data"
+    shutil.copytree(data_root, root, symlinks=True)
+    coco = root / "coco_stuff164k"
+    for i, stem in enumerate(("000000000139", "000000000285")):
+        _png(coco / "annotations" / "val2017" / f"{stem}_labelTrainIds.png", [(0, 80, 170, 255), (3, 150)][i])
+    city = root / "cityscapes"
+    for i, (town, sid) in enumerate((("frankfurt", "frankfurt_000000_000294"), ("lindau", "lindau_000000_000019"))):
+        image = city / "leftImg8bit" / "val" / town / f"{sid}_leftImg8bit.png"
+        image.parent.mkdir(parents=True)
+        Image.fromarray(np.random.default_rng(30 + i).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(image)
+        _png(city / "gtFine" / "val" / town / f"{sid}_gtFine_labelTrainIds.png", [(0, 11, 255), (13, 18)][i])
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, make_world):
+    """A checkpoint the real Pretrainer wrote for the default `tiny` model (a few steps: a trained model's file,
+    its config and step, not a good one)."""
+    from ovseg.config import load_config
+    from ovseg.train.pretrain import Pretrainer, WorkerEnv
+
+    world = make_world(seed=0, num_train=96, num_val=3, num_seg=0, shard_size=48)
+    out = tmp_path_factory.mktemp("tinyrun")
+    cfg = load_config("tiny", [f"data.synthetic_dir={world}", "data.synthetic_train=96", "data.loader_workers=0",
+                               "data.shuffle_buffer=16", "train.batch_size=8", "train.stage1_steps=2",
+                               "train.stage2_steps=0", "train.warmup_steps=1", "train.eval_every=100",
+                               "train.ckpt_every=100", "eval.max_images=1", "eval.num_overlays=0",
+                               f"train.output_dir={out}"])
+    kept = []
+
+    def report(metrics, path):  # as Ray Train keeps what a worker reports
+        if path is not None:
+            kept.append(shutil.copy(path, out / f"step{len(kept)}.safetensors"))
+
+    Pretrainer(cfg, WorkerEnv(report=report, scratch=out / "scratch")).run()
+    return kept[-1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, debug_model, debug_cfg):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "c.safetensors", debug_model, debug_cfg, step=7)
 
@@ -76,36 +127,60 @@ def _row(out: str, label: str) -> tuple[list[str], list[str]]:
     return head[1:], row[1:]
 
 
-def test_the_table_prints_its_average_and_logs_every_cell(data_root, checkpoint, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow  # a real MLflow server
+def test_the_table_prints_its_average_and_logs_every_cell(full_root, tiny_checkpoint, mlflow_server, tmp_path,
+                                                          capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from ovseg.checkpoint import read_checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    step = read_checkpoint(tiny_checkpoint).step
+    code = _main()([str(tiny_checkpoint), "--protocol", "tcl", "--suite", "eight", "--data-root", str(full_root),
+                    "--tracking-uri", mlflow_server, "--output", str(tmp_path / "m.json"), *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "TCL zero-shot protocol: short side 64" in out and "'a photo of many {}.'" in out
+    assert "background where every class scores below the constant 0.5" in out
+    assert "prompting table as 'diningtable', plant as 'pottedplant', monitor as 'tvmonitor'" in out  # TCL's names
+    head, row = _row(out, "tcl")
+    assert head == ["VOC21", "PC60", "Obj", "VOC20", "PC59", "Stuff", "City", "ADE", "Avg"]
+    cells = [float(v) for v in row[:-1]]
+    assert abs(float(row[-1]) - sum(cells) / len(cells)) <= 0.05 + 1e-9  # printed to one decimal
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    for name, col, cell in zip(suite_names("eight"), head, cells):
+        assert metrics[f"table/tcl/{col}"] == metrics[f"zeroshot/{name}/miou"]
+        assert abs(100 * metrics[f"table/tcl/{col}"] - cell) <= 0.05 + 1e-9
+    client = MlflowClient(mlflow_server)
+    run = client.search_runs([client.get_experiment_by_name("ovseg-eval").experiment_id])[0]
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("table/tcl/")}
+    assert set(logged) == {f"table/tcl/{c}" for c in head[:-1]} | {"table/tcl/avg"}
+    assert logged["table/tcl/avg"] == pytest.approx(np.mean([logged[f"table/tcl/{c}"] for c in head[:-1]]))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "table/tcl/VOC21")] == [step]
+    assert run.data.params["eval.protocol"] == "tcl" and run.data.params["protocol.background"] == "constant"
+
+
+def test_a_suite_of_other_benchmarks_logs_to_a_file_store(data_root, checkpoint, tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: seconds less than SQLite's migrations
     uri = (tmp_path / "mlruns").as_uri()
-    suite = "voc,context60,coco_object,voc20,context59,ade20k,synthetic"
-    code = _main()([str(checkpoint), "--protocol", "tcl", "--suite", suite, "--data-root", str(data_root),
+    suite = "voc,context60,ade20k,synthetic"
+    code = _main()([str(checkpoint), "--protocol", "groupvit", "--suite", suite, "--data-root", str(data_root),
                     "--tracking-uri", uri, "--output", str(tmp_path / "m.json"), *SMALL])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "TCL zero-shot protocol: short side 32" in out and "'a photo of many {}.'" in out
-    assert "background where every class scores below the constant 0.5" in out
-    assert "prompting table as 'diningtable', plant as 'pottedplant', monitor as 'tvmonitor'" in out  # TCL's names
-    head, row = _row(out, "tcl")
-    assert head == ["VOC21", "PC60", "Obj", "VOC20", "PC59", "ADE", "synthetic", "Avg"]
-    cells = [float(v) for v in row[:-1]]
-    assert abs(float(row[-1]) - sum(cells) / len(cells)) <= 0.05 + 1e-9  # printed to one decimal
+    head, row = _row(out, "groupvit")
+    assert head == ["VOC21", "PC60", "ADE", "synthetic", "Avg"]
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
-    names = suite.split(",")
-    for name, col, cell in zip(names, head, cells):
-        assert metrics[f"table/tcl/{col}"] == metrics[f"zeroshot/{name}/miou"]
-        assert abs(100 * metrics[f"table/tcl/{col}"] - cell) <= 0.05 + 1e-9
+    for name, col in zip(suite.split(","), head):
+        assert metrics[f"table/groupvit/{col}"] == metrics[f"zeroshot/{name}/miou"]
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("ovseg-eval").experiment_id])[0]
-    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("table/tcl/")}
-    assert set(logged) == {f"table/tcl/{c}" for c in head[:-1]} | {"table/tcl/avg"}
-    assert logged["table/tcl/avg"] == pytest.approx(np.mean([logged[f"table/tcl/{c}"] for c in head[:-1]]))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "table/tcl/VOC21")] == [7]
-    assert run.data.params["eval.protocol"] == "tcl" and run.data.params["protocol.background"] == "constant"
+    assert run.data.metrics["table/groupvit/avg"] == pytest.approx(np.mean([metrics[f"table/groupvit/{c}"]
+                                                                            for c in head[:-1]]))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "table/groupvit/VOC21")] == [7]
 
 
 def test_a_missing_benchmark_is_named_or_shown_as_a_dash(data_root, checkpoint, tmp_path, capsys, monkeypatch):
