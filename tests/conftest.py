@@ -96,34 +96,3 @@ def make_world(tmp_path_factory):
         return made[key]
 
     return make
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """One loopback Ray cluster (`ray start --head`, with its dashboard) for a module's Ray jobs (its tests are in
-    SHARED["ray"]): the drivers join it through RAY_ADDRESS, as on a real cluster, and `ray job submit` reaches
-    its dashboard; a Ray started for each invocation cost about 30 s apiece on this machine. Its own --temp-dir
-    keeps a plain `ray.init()` elsewhere from joining it. (The sweep keeps its own Ray: on a joined cluster,
-    Tune's restore rewrites a finished trial's result.json, which its resume test checks is left alone.)"""
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from services import env, free_port, stop, wait_http
-
-    gcs, dash = free_port(), free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="ovr", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    log = tmp_path_factory.mktemp("ray") / "ray.log"
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
-         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=env(), start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
-        yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "proc": head}
-    finally:
-        stop(head, timeout=60)
-        shutil.rmtree(ray_tmp, ignore_errors=True)

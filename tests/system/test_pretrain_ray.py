@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from services import REPO, env, start_mlflow, stop
+from services import REPO, env, free_port, start_mlflow, stop, wait_http
 
 from ovseg.checkpoint import find_checkpoint, read_checkpoint
 
@@ -41,9 +43,8 @@ def _args(world, out, name, *extra):
             *extra]
 
 
-def _run(args, mlflow_uri, cwd, head, timeout=420, extra=()):
-    return subprocess.run([sys.executable, PRETRAIN, *extra, *args], cwd=cwd,
-                          env=env(MLFLOW_TRACKING_URI=mlflow_uri, RAY_ADDRESS=head["address"]),
+def _run(args, mlflow_uri, cwd, timeout=420, extra=()):
+    return subprocess.run([sys.executable, PRETRAIN, *extra, *args], cwd=cwd, env=env(MLFLOW_TRACKING_URI=mlflow_uri),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -53,16 +54,16 @@ def _latest(run_dir: Path):
     return read_checkpoint(find_checkpoint(run_dir))
 
 
-def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflow_uri, ray_head):
+def test_stop_and_resume_on_two_workers_tracked_in_mlflow(world, tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     args = _args(world, tmp_path / "runs", "resume", "train.stage1_steps=6", "train.ckpt_every=100")
-    first = _run([*args, "train.stop_after=3"], mlflow_uri, tmp_path, ray_head)
+    first = _run([*args, "train.stop_after=3"], mlflow_uri, tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert _latest(tmp_path / "runs" / "resume").step == 3
-    again = _run(args, mlflow_uri, tmp_path, ray_head)
+    again = _run(args, mlflow_uri, tmp_path)
     assert again.returncode == 1 or "exists" in again.stderr  # refuses to overwrite without --resume
-    second = _run(args, mlflow_uri, tmp_path, ray_head, extra=["--resume"])
+    second = _run(args, mlflow_uri, tmp_path, extra=["--resume"])
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming at step 3" in second.stdout + second.stderr
     final = _latest(tmp_path / "runs" / "resume")
@@ -138,11 +139,10 @@ def _registered_checkpoints(run_dir: Path) -> list[str]:
     return [n for n in names if n and (run_dir / n).is_dir()]
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflow_uri, ray_head):
+def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflow_uri):
     args = _args(world, tmp_path / "runs", "kill", "train.stage1_steps=40", "train.ckpt_every=4",
                  "train.max_failures=1")
-    proc = subprocess.Popen([sys.executable, PRETRAIN, *args], cwd=tmp_path,
-                            env=env(MLFLOW_TRACKING_URI=mlflow_uri, RAY_ADDRESS=ray_head["address"]),
+    proc = subprocess.Popen([sys.executable, PRETRAIN, *args], cwd=tmp_path, env=env(MLFLOW_TRACKING_URI=mlflow_uri),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -154,7 +154,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflo
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
         assert _registered_checkpoints(tmp_path / "runs" / "kill"), "no checkpoint registered in 300 s"
-        victims = _worker_pids(ray_head["proc"].pid)  # the cluster runs one job at a time: its workers are ours
+        victims = _worker_pids(proc.pid)
         assert victims, "no Ray Train worker process found"
         os.kill(victims[-1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=400)
@@ -170,21 +170,35 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflo
     assert restarted_at >= 4 and f"step {restarted_at + 1}/40" in out and out.count("step 1/40 ") == 1
 
 
-def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri, ray_head):
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}}
-    args = _args(world, tmp_path / "runs", "job", "train.stage1_steps=2", "train.ckpt_every=100",
-                 "train.num_workers=1")
-    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head["dashboard"],
-              "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-              "python", "platform/pretrain.py", *args]
-    deadline = time.time() + 120
-    while True:
-        job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=400)
-        # the dashboard answers before its job agent has registered on a busy machine; the submission is
-        # refused (no job is created), so asking again is what a user would do
-        if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
-            break
-        time.sleep(3)
-    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-    assert "succeeded" in job.stdout and "zero-shot synthetic mIoU" in job.stdout
-    assert _latest(tmp_path / "runs" / "job").step == 2
+def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri):
+    gcs, dash, client = free_port(), free_port(), free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ovr", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+        env=env(), start_new_session=True, stdout=open(tmp_path / "ray.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        # (the client server's port is ours too: Ray's fixed default, 10001, is taken by whatever got there first,
+        # and the head stops all its processes when one of them cannot bind)
+        wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
+        runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}}
+        args = _args(world, tmp_path / "runs", "job", "train.stage1_steps=2", "train.ckpt_every=100",
+                     "train.num_workers=1")
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                  "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+                  "python", "platform/pretrain.py", *args]
+        deadline = time.time() + 120
+        while True:
+            job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=400)
+            # the dashboard answers before its job agent has registered on a busy machine; the submission is
+            # refused (no job is created), so asking again is what a user would do
+            if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
+                break
+            time.sleep(3)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "succeeded" in job.stdout and "zero-shot synthetic mIoU" in job.stdout
+        assert _latest(tmp_path / "runs" / "job").step == 2
+    finally:
+        stop(head, timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
