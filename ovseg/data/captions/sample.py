@@ -137,6 +137,9 @@ class SampleBuilder:
         self.max_length = max_length
         self.transform = build_image_transform(stage, image_size)
         self.matcher = matcher or EntityMatcher()
+        # what decides a built sample besides the tokenizer and vocabulary (a stored loader position is tied to it)
+        self.settings = {"image_size": image_size, "stage": stage, "max_length": max_length,
+                         "entity_prompts": entity_prompts}
 
     def tokenize(self, text: str, offsets: bool = False) -> dict:
         return self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_length,
@@ -164,6 +167,12 @@ class SampleBuilder:
         if spans is None:
             spans = self.matcher.match(caption)
         return enc, caption, [s for s in spans if s[1] <= visible]
+
+    def entities_of(self, raw: dict) -> list[str]:
+        """The sample's entities as ``__call__`` finds them, without decoding its image (a resumed loader
+        refills its pairing pool with this)."""
+        caption = read_caption(raw)
+        return unique_entities(self._visible(caption, read_spans(raw, caption), None)[2])
 
     def possible_texts(self, caption: str, spans) -> list[str]:
         """Every text this caption can give the text tower, whatever the random draws: the caption (as far as

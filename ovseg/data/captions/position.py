@@ -1,0 +1,326 @@
+"""Where a caption-loader worker stands in its stream, in a form a resumed run continues without re-reading.
+
+A worker's stream (loader.py) is: its shards in order (``ShardStream``), a shuffle buffer (``ShuffleBuffer``),
+the sample builder (decode, augment, tokenize), in stage 2 the pairing pool (``pairing.StreamPairer``), then
+batching. Everything random comes from the worker's ``random.Random`` and, for the augmentation, the process's
+global generators (Python's ``random``, NumPy's and torch's, which a DataLoader seeds per worker). So right
+after a batch the whole future of the stream is fixed by:
+
+- the reader's position: shard index, byte offset of the next sample's first tar header, and its key;
+- the shuffle buffer's samples, as ``(shard index, offset)`` references, and whether it is draining;
+- the pairing pool (references again; their entities are recomputed from the caption, no image decoded) and
+  the samples waiting for a partner: these were already decoded and augmented, so each keeps the generator
+  states it was built with (``snapshot``) and is rebuilt from them, the same tensors exactly;
+- the generator states (the process's globals only in a DataLoader worker process: with ``num_workers=0``
+  they belong to the training process, which stores them itself, ``process_rng_state``);
+- the skip counter's log throttle; a CRC of every referenced sample's key, checked when they are read back.
+
+A resumed worker seeks to the offset (``shardio.read_tar_at``: the members before it are never read) and reads
+back only the referenced samples' bytes. The in-flight state (``capture``) is a small dict of ints and bytes that
+travels inside each batch as the skip counts do; ``encode``/``decode`` turn it into JSON (base64 of zlib) for
+the checkpoint. Nothing here unpickles: a checkpoint from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import struct
+import zlib
+from array import array
+from collections import Counter
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar_at, seekable_tar
+
+POSITION_FORMAT = "ovseg-caption-position/1"
+_BYTES_FIELDS = ("buffer", "pool", "waiting", "snaps", "rngs")
+assert array("I").itemsize == 4 and array("q").itemsize == 8
+
+
+class StreamChanged(RuntimeError):
+    """The shards no longer hold the samples a stored position points at."""
+
+
+# ------------------------------------------------------------------ generator states as bytes
+
+
+def _frame(parts: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+
+
+def _unframe(data: bytes, count: int, at: int = 0) -> tuple[list[bytes], int]:
+    parts = []
+    for _ in range(count):
+        (n,) = struct.unpack_from("<I", data, at)
+        parts.append(bytes(data[at + 4:at + 4 + n]))
+        at += 4 + n
+    return parts, at
+
+
+def _py_bytes(state) -> bytes:
+    version, internal, gauss = state  # random.Random.getstate(): (3, 625 words, gauss_next)
+    return struct.pack("<B?d", version, gauss is not None, 0.0 if gauss is None else gauss) + array("I", internal).tobytes()
+
+
+def _py_state(data: bytes):
+    version, has_gauss, gauss = struct.unpack_from("<B?d", data)
+    return version, tuple(array("I", data[10:])), gauss if has_gauss else None
+
+
+def _np_bytes() -> bytes:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return struct.pack("<iid", pos, has_gauss, cached) + np.asarray(keys, dtype="<u4").tobytes()
+
+
+def _np_set(data: bytes) -> None:
+    pos, has_gauss, cached = struct.unpack_from("<iid", data)
+    np.random.set_state(("MT19937", np.frombuffer(data, dtype="<u4", offset=16).copy(), pos, has_gauss, cached))
+
+
+def _globals_bytes() -> list[bytes]:
+    return [_py_bytes(random.getstate()), _np_bytes(), torch.get_rng_state().numpy().tobytes()]
+
+
+def _set_globals(parts: list[bytes]) -> None:
+    random.setstate(_py_state(parts[0]))
+    _np_set(parts[1])
+    torch.set_rng_state(torch.frombuffer(bytearray(parts[2]), dtype=torch.uint8))
+
+
+def snapshot(rng: random.Random, with_globals: bool) -> bytes:
+    """``rng``'s state and, ``with_globals``, the process's ``random``/NumPy/torch CPU states (reading a state
+    draws nothing, so taking snapshots never changes the stream)."""
+    return _frame([_py_bytes(rng.getstate()), *(_globals_bytes() if with_globals else [b"", b"", b""])])
+
+
+def apply_snapshot(data: bytes, rng: random.Random, at: int = 0) -> int:
+    """Set ``rng`` (and the globals, when the snapshot holds them) from the snapshot at ``data[at:]``; returns
+    where the next snapshot starts."""
+    parts, at = _unframe(data, 4, at)
+    rng.setstate(_py_state(parts[0]))
+    if parts[1]:
+        _set_globals(parts[1:])
+    return at
+
+
+def split_snapshots(data: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at < len(data):
+        _, end = _unframe(data, 4, at)
+        out.append(bytes(data[at:end]))
+        at = end
+    return out
+
+
+def to_text(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data, 6)).decode("ascii")
+
+
+def from_text(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
+
+
+def process_rng_state(device: torch.device | None = None) -> dict:
+    """The training process's global generators (Gumbel noise, and the augmentation when the loader runs in
+    this process), JSON-able; CUDA's too when ``device`` is a GPU."""
+    state = {"cpu": to_text(_frame(_globals_bytes()))}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = to_text(torch.cuda.get_rng_state(device).numpy().tobytes())
+    return state
+
+
+def restore_process_rng(state: dict, device: torch.device | None = None) -> None:
+    _set_globals(_unframe(from_text(state["cpu"]), 3)[0])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(from_text(state["cuda"])), dtype=torch.uint8), device)
+
+
+def seed_like_worker(info, role: int) -> None:
+    """Seed this DataLoader worker's globals as a fresh DataLoader seeds worker ``role`` (torch's
+    ``_worker_loop``: ``base_seed + id`` for ``random`` and torch, ``_generate_state`` for NumPy)."""
+    from torch.utils.data._utils.worker import _generate_state
+
+    base = info.seed - info.id
+    random.seed(base + role)
+    torch.manual_seed(base + role)
+    np.random.seed(_generate_state(base, role))
+
+
+def pack_refs(refs: Iterable[tuple[int, int]]) -> bytes:
+    return array("q", [v for ref in refs for v in ref]).tobytes()
+
+
+def unpack_refs(data: bytes) -> list[tuple[int, int]]:
+    flat = array("q", data)
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+# ------------------------------------------------------------------ the stream's stages
+
+
+def _raw(url: str, key: str, members, ref: tuple[int, int]) -> dict:
+    sample = {"__key__": key, "__url__": url}
+    sample.update((ext, data) for _, ext, data in members)
+    sample["__ref__"] = ref
+    return sample
+
+
+def _from(url: str, counter: SkipCounter, start: int) -> Iterator[tuple]:
+    if start == 0 or seekable_tar(url):
+        yield from read_tar_at(url, counter, IMG2DATASET, start)
+        return
+    for item in read_tar_at(url, counter, IMG2DATASET):  # remote or compressed: read on, decode nothing
+        if item[2] >= start:
+            yield item
+
+
+class ShardStream:
+    """The raw samples of a worker's shards in order (``read_shard``'s), each tagged ``"__ref__"`` =
+    (shard index, offset); ``shard``/``offset``/``next_key`` say where the sample after the last one given
+    starts."""
+
+    def __init__(self, urls: list[str], counter: SkipCounter):
+        self.urls, self.counter = urls, counter
+        self.shard, self.offset, self.next_key = 0, 0, None
+
+    def __iter__(self) -> Iterator[dict]:
+        first, start, expect = self.shard, self.offset, self.next_key
+        for i in range(first, len(self.urls)):
+            url = self.urls[i]
+            for key, members, at, nxt, nxt_key in _from(url, self.counter, start if i == first else 0):
+                if expect is not None and key != expect:
+                    raise StreamChanged(f"{url}: the sample at byte {start} is {key!r} where the stored loader "
+                                        f"position expects {expect!r}: the shard changed since the checkpoint")
+                expect = None
+                self.shard, self.offset, self.next_key = (i, nxt, nxt_key) if nxt is not None else (i + 1, 0, None)
+                yield _raw(url, key, members, (i, at))
+
+
+def reread(urls: list[str], refs: list[tuple[int, int]]) -> list[dict]:
+    """The raw samples at ``refs`` (bytes only), in that order; ``StreamChanged`` when one is not there."""
+    quiet = SkipCounter(loud=0)  # a re-read counts nothing: its reads were counted when first made
+    wanted: dict[int, set[int]] = {}
+    for shard, offset in refs:
+        wanted.setdefault(shard, set()).add(offset)
+    found = {}
+    for shard, offsets in wanted.items():
+        url = urls[shard]
+        if seekable_tar(url):
+            for offset in offsets:
+                for key, members, at, *_ in read_tar_at(url, quiet, IMG2DATASET, offset):
+                    found[shard, at] = _raw(url, key, members, (shard, at))
+                    break
+        else:
+            for key, members, at, *_ in read_tar_at(url, quiet, IMG2DATASET):
+                if at in offsets:
+                    found[shard, at] = _raw(url, key, members, (shard, at))
+                    if len(found) == len(offsets):
+                        break
+    missing = [ref for ref in refs if tuple(ref) not in found]
+    if missing:
+        shard, offset = missing[0]
+        raise StreamChanged(f"{urls[shard]}: no sample starts at byte {offset} any more, where the stored loader "
+                            f"position has one ({len(missing)} such): the shard changed since the checkpoint")
+    return [found[tuple(ref)] for ref in refs]
+
+
+class ShuffleBuffer:
+    """The webdataset-recipe shuffle (reservoir of ``size``, seeded by ``rng``) with its contents in the open.
+    Calling it again on the rest of the stream continues exactly (every yield ends one step)."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size, self.rng = size, rng
+        self.buf: list = []
+        self.draining, self._next = False, 0
+
+    def remaining(self) -> list:
+        return self.buf[self._next:] if self.draining else list(self.buf)
+
+    def load(self, items: list, draining: bool) -> None:
+        self.buf, self.draining, self._next = list(items), draining, 0
+
+    def __call__(self, stream: Iterable) -> Iterator:
+        if self.size <= 1:
+            yield from stream
+            return
+        buf = self.buf
+        if not self.draining:
+            for item in stream:
+                if len(buf) < self.size:
+                    buf.append(item)
+                    continue
+                i = self.rng.randrange(self.size)
+                buf[i], item = item, buf[i]
+                yield item
+            self.rng.shuffle(buf)
+            self.draining = True
+        while self._next < len(buf):
+            item, buf[self._next] = buf[self._next], None
+            self._next += 1
+            yield item
+
+
+# ------------------------------------------------------------------ one worker's state
+
+
+def _keys_crc(keys: list[str]) -> int:
+    return zlib.crc32("\n".join(keys).encode())
+
+
+def capture(role: int, reader: ShardStream, shuffle: ShuffleBuffer, pairer, rng: random.Random,
+            skipped: SkipCounter, in_worker: bool) -> dict:
+    """The in-flight state right after a batch (ints and bytes: cheap to send from a worker process)."""
+    buffered = shuffle.remaining()
+    keys = [r["__key__"] for r in buffered]
+    state = {"role": role, "done": False, "shard": reader.shard, "offset": reader.offset,
+             "next_key": reader.next_key, "draining": shuffle.draining,
+             "buffer": pack_refs(r["__ref__"] for r in buffered), "rngs": snapshot(rng, in_worker),
+             "seen": dict(skipped.seen)}
+    if pairer is not None:
+        keys += pairer.pool.keys() + [s["key"] for s in pairer.waiting]
+        state.update(pool=pack_refs(pairer.refs), waiting=pack_refs(s["_ref"] for s in pairer.waiting),
+                     snaps=b"".join(s["_snap"] for s in pairer.waiting))
+    state["keys"] = _keys_crc(keys)
+    return state
+
+
+def restore(state: dict, urls: list[str], reader: ShardStream, shuffle: ShuffleBuffer, pairer,
+            rng: random.Random, skipped: SkipCounter, builder) -> None:
+    """Put a fresh worker's stages where ``capture`` found them: re-read the referenced samples, rebuild the
+    waiting ones from their snapshots, then set the generators."""
+    from ovseg.data.captions.sample import image_bytes
+
+    reader.shard, reader.offset, reader.next_key = state["shard"], state["offset"], state["next_key"]
+    buffered = reread(urls, unpack_refs(state["buffer"]))
+    shuffle.load(buffered, state["draining"])
+    skipped.seen.update(state["seen"])
+    keys = [r["__key__"] for r in buffered]
+    if pairer is not None:
+        for raw in reread(urls, unpack_refs(state["pool"])):
+            pairer.add(raw["__key__"], builder.entities_of(raw), image_bytes(raw), raw["__ref__"])
+        outside = _globals_bytes()  # the rebuilds below must not move the process's generators
+        for raw, snap in zip(reread(urls, unpack_refs(state["waiting"])), split_snapshots(state["snaps"])):
+            apply_snapshot(snap, rng)
+            sample = builder(raw, rng, Counter())
+            sample["_ref"], sample["_snap"] = raw["__ref__"], snap
+            pairer.waiting.append(sample)
+        _set_globals(outside)
+        keys += pairer.pool.keys() + [s["key"] for s in pairer.waiting]
+    if _keys_crc(keys) != state["keys"]:
+        raise StreamChanged(f"the samples read back at the stored offsets of this worker's shards ({urls[0]} ...) "
+                            "are not the ones the stored loader position holds: the shards changed since the "
+                            "checkpoint")
+    apply_snapshot(state["rngs"], rng)
+
+
+def encode(state: dict) -> dict:
+    """In-flight state -> JSON-able (bytes as base64 of zlib)."""
+    return {k: to_text(v) if k in _BYTES_FIELDS else v for k, v in state.items()}
+
+
+def decode(state: dict) -> dict:
+    return {k: from_text(v) if k in _BYTES_FIELDS else v for k, v in state.items()}
