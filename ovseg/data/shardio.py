@@ -272,6 +272,45 @@ def read_tar_at(url: str, counter: SkipCounter | None = None, layout: TarLayout 
         stream.close()
 
 
+def read_tar_samples(url: str, offsets: Iterable[int], layout: TarLayout = SEGMENTATION) -> dict[int, tuple]:
+    """The samples starting at ``offsets`` of a seekable tar (:func:`seekable_tar`): ``{offset: (key, members)}``,
+    grouped as :func:`read_tar` groups them; each read jumps to its offset (the archive is opened once, only
+    those samples' headers and bytes are read). An offset where no whole sample starts is left out."""
+    out: dict[int, tuple] = {}
+    with open(url, "rb") as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+            tar.next()  # the first header, read by open: from here on ``next`` reads at ``tar.offset``
+        except (tarfile.TarError, EOFError, OSError):
+            return out
+        for offset in sorted(set(offsets)):
+            key, members = None, []
+            tar.offset = offset
+            f.seek(offset)  # (``next`` seeks only when the file is elsewhere, and never back to 0)
+            try:
+                while (info := tar.next()) is not None:
+                    if not info.isreg() or layout.skip(info.name):
+                        if members:
+                            continue
+                        break  # not a sample's first member
+                    k, ext = split_key(info.name, layout.folder_in_key)
+                    if members and (k != key or (layout.split_on_repeat and any(e == ext for _, e, _ in members))):
+                        break
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        members = []
+                        break
+                    key = k
+                    members.append((info.name, ext, data))
+            except (tarfile.TarError, EOFError, OSError):
+                pass  # a sample is whole once its next header (or the archive's end) has been read
+            else:
+                if members:
+                    out[offset] = (key, members)
+            tar.members.clear()
+    return out
+
+
 def seekable_tar(url: str) -> bool:
     """A local, uncompressed (ustar/GNU) tar with no global pax header at its start: one whose samples can be
     read from a byte offset. Anything else is read from its start and the members before the offset skipped

@@ -16,7 +16,7 @@ from ovseg.data.captions import sample as sample_module
 from ovseg.data.captions.entities import EntityMatcher
 from ovseg.data.captions.loader import build_caption_loader, shuffle_buffer
 from ovseg.data.captions.position import StreamChanged, apply_snapshot, from_text, snapshot
-from ovseg.data.shardio import IMG2DATASET, read_tar, read_tar_at
+from ovseg.data.shardio import IMG2DATASET, read_tar, read_tar_at, read_tar_samples, seekable_tar
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +219,27 @@ def test_reading_a_tar_from_an_offset_gives_the_rest_of_it(shards):
         assert list(read_tar_at(url, start=at)) == [(k, m, a, n, nk) for k, m, a, n, nk in whole[i:]]
         if nxt is not None:
             assert (whole[i + 1][2], whole[i + 1][0]) == (nxt, nxt_key)
+
+
+def test_samples_are_read_back_by_offset(shards):
+    url = str(shards / "00002.tar")
+    whole = list(read_tar_at(url))
+    starts = [at for _, _, at, *_ in whole]
+    assert read_tar_samples(url, starts[::-1], IMG2DATASET) == {at: (k, m) for k, m, at, *_ in whole}
+    assert read_tar_samples(url, [starts[1] + 512], IMG2DATASET) == {}  # inside a member's bytes: no sample there
+
+
+def test_compressed_shards_resume_by_reading_on(shards, tok, tmp_path):
+    """A gzip tar cannot be entered at an offset: it is read from its start, and the samples before the position
+    are passed over undecoded (the offsets are the uncompressed stream's)."""
+    import gzip
+
+    for path in sorted(shards.glob("*.tar")):
+        (tmp_path / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+    urls = sorted(str(p) for p in tmp_path.glob("*.gz"))
+    assert not seekable_tar(urls[0])
+    assert seekable_tar(str(shards / "00002.tar"))
+    interrupted(urls, tok, 5, 1, pairs=True, stage=2)
 
 
 def test_the_shuffle_buffer_is_the_webdataset_recipe():

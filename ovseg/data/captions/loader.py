@@ -18,6 +18,10 @@ initialised) and by DataLoader worker, shuffles samples in a buffer, and yields 
   often as needed. Without it an epoch is one pass over this rank's shards.
 - The last incomplete batch of a pass is dropped (equal batch sizes keep the all-gathered contrastive
   loss well defined) and counted as ``dropped_partial_batch``.
+- Resumable without re-reading: each worker's batch also carries the worker's position after it
+  (``position.py``: shard offset, shuffle buffer and pairing pool as tar references, generator states), the
+  loader keeps the latest per worker part with the DataLoader's round-robin turn, and ``state()`` /
+  ``resume(state)`` store and continue it; the batches that follow are exactly the uninterrupted loader's.
 """
 
 from __future__ import annotations

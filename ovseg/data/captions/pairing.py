@@ -11,7 +11,8 @@ deterministic for a seed:
   entities have no partner in the pool yet waits (at most ``max_wait`` later samples) and is offered the
   pool again when it leaves the queue; only if still alone, or when the stream ends, is it emitted
   unpaired (counted as ``unpaired`` and flagged ``has_pair=False`` so the mask loss leaves it out).
-  Samples without any entity are passed through unpaired. No disk re-read.
+  Samples without any entity are passed through unpaired. No disk re-read. ``StreamPairer`` is the same
+  with its pool and queue in the open, so that a resumed loader can rebuild them (``position.py``).
 - :func:`pair_candidates`: the offline way, used by ``platform/prepare_captions.py``: up to ``k`` other
   keys sharing an entity, for users whose storage is random-access.
 """
@@ -44,6 +45,10 @@ class PairPool:
     def keys(self) -> list[str]:
         """The pooled samples' keys, oldest first."""
         return [item[0] for item in self._order]
+
+    def entities(self) -> list[tuple]:
+        """The pooled samples' entities, oldest first."""
+        return [item[1] for item in self._order]
 
     def add(self, key: str, entities: Sequence[str], payload: Any) -> None:
         item = (key, tuple(entities), payload)

@@ -8,15 +8,15 @@ after a batch the whole future of the stream is fixed by:
 
 - the reader's position: shard index, byte offset of the next sample's first tar header, and its key;
 - the shuffle buffer's samples, as ``(shard index, offset)`` references, and whether it is draining;
-- the pairing pool (references again; their entities are recomputed from the caption, no image decoded) and
-  the samples waiting for a partner: these were already decoded and augmented, so each keeps the generator
+- the pairing pool (references again, with each sample's entities: no caption is matched again, no image
+  decoded) and the samples waiting for a partner: these were already decoded and augmented, so each keeps the generator
   states it was built with (``snapshot``) and is rebuilt from them, the same tensors exactly;
 - the generator states (the process's globals only in a DataLoader worker process: with ``num_workers=0``
   they belong to the training process, which stores them itself, ``process_rng_state``);
 - the skip counter's log throttle; a CRC of every referenced sample's key, checked when they are read back.
 
 A resumed worker seeks to the offset (``shardio.read_tar_at``: the members before it are never read) and reads
-back only the referenced samples' bytes. The in-flight state (``capture``) is a small dict of ints and bytes that
+back only the referenced samples' bytes (``shardio.read_tar_samples``: one jump per sample). The in-flight state (``capture``) is a small dict of ints and bytes that
 travels inside each batch as the skip counts do; ``encode``/``decode`` turn it into JSON (base64 of zlib) for
 the checkpoint. Nothing here unpickles: a checkpoint from elsewhere cannot run code.
 """
@@ -34,10 +34,11 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar_at, seekable_tar
+from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar_at, read_tar_samples, seekable_tar
 
 POSITION_FORMAT = "ovseg-caption-position/1"
-_BYTES_FIELDS = ("buffer", "pool", "waiting", "snaps", "rngs")
+_BYTES_FIELDS = ("buffer", "pool", "pool_entities", "waiting", "snaps", "rngs")
+_UNIT, _RECORD = "\x1f", "\x1e"  # ASCII separators: entities within a pooled sample, pooled samples
 assert array("I").itemsize == 4 and array("q").itemsize == 8
 
 
@@ -210,15 +211,15 @@ def reread(urls: list[str], refs: list[tuple[int, int]]) -> list[dict]:
     for shard, offsets in wanted.items():
         url = urls[shard]
         if seekable_tar(url):
-            for offset in offsets:
-                for key, members, at, *_ in read_tar_at(url, quiet, IMG2DATASET, offset):
-                    found[shard, at] = _raw(url, key, members, (shard, at))
-                    break
+            for at, (key, members) in read_tar_samples(url, offsets, IMG2DATASET).items():
+                found[shard, at] = _raw(url, key, members, (shard, at))
         else:
+            left = set(offsets)
             for key, members, at, *_ in read_tar_at(url, quiet, IMG2DATASET):
-                if at in offsets:
+                if at in left:
                     found[shard, at] = _raw(url, key, members, (shard, at))
-                    if len(found) == len(offsets):
+                    left.discard(at)
+                    if not left:
                         break
     missing = [ref for ref in refs if tuple(ref) not in found]
     if missing:
@@ -282,7 +283,9 @@ def capture(role: int, reader: ShardStream, shuffle: ShuffleBuffer, pairer, rng:
              "seen": dict(skipped.seen)}
     if pairer is not None:
         keys += pairer.pool.keys() + [s["key"] for s in pairer.waiting]
-        state.update(pool=pack_refs(pairer.refs), waiting=pack_refs(s["_ref"] for s in pairer.waiting),
+        entities = _RECORD.join(_UNIT.join(e) for e in pairer.pool.entities())
+        state.update(pool=pack_refs(pairer.refs), pool_entities=entities.encode(),
+                     waiting=pack_refs(s["_ref"] for s in pairer.waiting),
                      snaps=b"".join(s["_snap"] for s in pairer.waiting))
     state["keys"] = _keys_crc(keys)
     return state
@@ -300,8 +303,11 @@ def restore(state: dict, urls: list[str], reader: ShardStream, shuffle: ShuffleB
     skipped.seen.update(state["seen"])
     keys = [r["__key__"] for r in buffered]
     if pairer is not None:
-        for raw in reread(urls, unpack_refs(state["pool"])):
-            pairer.add(raw["__key__"], builder.entities_of(raw), image_bytes(raw), raw["__ref__"])
+        pooled = reread(urls, unpack_refs(state["pool"]))
+        text = state["pool_entities"].decode()
+        entities = [tuple(r.split(_UNIT)) if r else () for r in text.split(_RECORD)] if pooled else []
+        for raw, ents in zip(pooled, entities, strict=True):
+            pairer.add(raw["__key__"], ents, image_bytes(raw), raw["__ref__"])
         outside = _globals_bytes()  # the rebuilds below must not move the process's generators
         for raw, snap in zip(reread(urls, unpack_refs(state["waiting"])), split_snapshots(state["snaps"])):
             apply_snapshot(snap, rng)

@@ -168,12 +168,6 @@ class SampleBuilder:
             spans = self.matcher.match(caption)
         return enc, caption, [s for s in spans if s[1] <= visible]
 
-    def entities_of(self, raw: dict) -> list[str]:
-        """The sample's entities as ``__call__`` finds them, without decoding its image (a resumed loader
-        refills its pairing pool with this)."""
-        caption = read_caption(raw)
-        return unique_entities(self._visible(caption, read_spans(raw, caption), None)[2])
-
     def possible_texts(self, caption: str, spans) -> list[str]:
         """Every text this caption can give the text tower, whatever the random draws: the caption (as far as
         the tokenizer keeps it), its masked question, the answer under each template, and its entity (when on)
