@@ -58,7 +58,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         generate_world(tmp / "w", seed=0, num_train=args.shards * args.per_shard, num_val=1, num_seg=0,
-                       shard_size=args.per_shard)
+                       shard_size=args.per_shard, num_workers=min(2, os.cpu_count() or 1))
         urls = sorted(str(u) for u in (tmp / "w" / "train").glob("*.tar"))
         print(f"generated {len(urls)} shards of {args.per_shard} samples in {time.perf_counter() - t0:.1f} s",
               flush=True)

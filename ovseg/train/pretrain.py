@@ -24,7 +24,7 @@ import torch
 
 from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from ..config import Config, flatten, to_dict
-from ..data.captions.position import restore_process_rng
+from ..data.captions.rngstate import restore_process_rng
 from ..data.synthetic.world import synthetic_root
 from ..eval.evaluate import parse_eval_sets
 from ..eval.report import evaluate_and_log

@@ -17,7 +17,7 @@ back).
 
 from __future__ import annotations
 
-from ..data.captions.position import process_rng_state
+from ..data.captions.rngstate import process_rng_state
 
 
 def data_state(loader, env, stage: int) -> dict:
@@ -72,7 +72,8 @@ def position_loader(saved: dict | None, loader, *, epoch: int, batch_in_epoch: i
         why = None if skip == 0 else "the checkpoint holds no loader position for this stage"
     elif _stored_at(state) != (epoch, skip):
         at = _stored_at(state)
-        why = f"the stored loader position (epoch {at[0]}, batch {at[1]}) is not the checkpoint's (epoch {epoch}, batch {skip})"
+        why = (f"the stored loader position (epoch {at[0]}, batch {at[1]}) is not the checkpoint's (epoch {epoch}, "
+               f"batch {skip})")
     else:
         why = loader.resume(state)
     if why is not None:

@@ -249,3 +249,38 @@ def test_the_optimizer_is_fused_only_when_every_parameter_is_on_a_gpu():
     assert not build_optimizer(model, 1e-3).defaults["fused"]  # CPU: the plain implementation
     if torch.cuda.is_available():
         assert build_optimizer(model.cuda(), 1e-3).defaults["fused"]
+
+
+def test_a_stored_position_that_does_not_fit_falls_back_to_re_reading(capsys):
+    """Every way a checkpoint's data entry can fail to fit this rank, each with a printed reason and the
+    re-reading fallback; the rank's generator states still apply when the entry is its own."""
+    from ovseg.train.resume import own_data_state, position_loader
+
+    class Loader:
+        def __init__(self, why=None):
+            self.why, self.given = why, None
+
+        def resume(self, state):
+            self.given = state
+            return self.why
+
+    entry = {"loader": {"epoch": 2, "produced": 5}, "rng": {"cpu": "x"}}
+    data = {"stage": 1, "world_size": 2, "ranks": [entry, None]}
+    assert own_data_state(None, 0, 1) is None  # written before positions were stored
+    assert "for 2 ranks, this run has 4" in own_data_state(data, 0, 4)["why"]
+    assert "no data position for rank 1" in own_data_state(data, 1, 2)["why"]
+    mine = own_data_state(data, 0, 2)
+    assert mine == {"stage": 1, **entry}
+    kw = dict(epoch=2, batch_in_epoch=5, rank=0, world_size=2)
+    assert position_loader(None, Loader(), **kw) == (5, None)
+    assert position_loader(own_data_state(data, 1, 2), Loader(), **{**kw, "rank": 1}) == (5, None)
+    assert position_loader(mine, Loader("other shards"), **kw) == (5, {"cpu": "x"})
+    assert position_loader(mine, Loader(), **{**kw, "batch_in_epoch": 4}) == (4, {"cpu": "x"})
+    ok = Loader()
+    assert position_loader(mine, ok, **kw) == (0, {"cpu": "x"}) and ok.given is entry["loader"]
+    out = capsys.readouterr().out
+    assert "re-reading 5 batches of epoch 2 to get there" in out
+    assert "rank 1: WARNING: the checkpoint holds no data position for rank 1: re-reading 5" in out
+    assert "WARNING: other shards: re-reading 5 batches" in out
+    assert "is not the checkpoint's (epoch 2, batch 4)" in out
+    assert "continuing at the stored loader position (epoch 2, batch 5)" in out

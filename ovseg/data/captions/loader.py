@@ -37,9 +37,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ovseg.data.captions.pairing import StreamPairer, stable_seed
-from ovseg.data.captions.position import (POSITION_FORMAT, ShardStream, ShuffleBuffer, capture, decode, encode,
-                                          seed_like_worker, snapshot)
+from ovseg.data.captions.position import POSITION_FORMAT, ShardStream, ShuffleBuffer, capture, decode, encode
 from ovseg.data.captions.position import restore as restore_position
+from ovseg.data.captions.rngstate import seed_like_worker, take_snapshot
 from ovseg.data.captions.sample import SampleBuilder, SkipSample, collate, read_caption, read_shard, read_spans
 from ovseg.data.shardio import SkipCounter, expand_urls, is_remote
 
@@ -123,7 +123,7 @@ class CaptionShardDataset(IterableDataset):
             for raw_sample in shuffle(reader):
                 # stage 2: a sample may wait in the pairing pool across a checkpoint; its generator states
                 # let a resumed worker rebuild it as it was (reading a state draws nothing)
-                snap = snapshot(rng, True) if self.pairs else None
+                snap = take_snapshot(rng) if self.pairs else None
                 try:
                     sample = self.builder(raw_sample, rng, flagged)
                 except SkipSample as exn:
@@ -259,7 +259,8 @@ class CaptionLoader:
         """Continue from ``state`` at the next ``iter()`` (which runs the stored epoch). Returns None, or why
         the state cannot be used (then nothing changes and the caller falls back to re-reading)."""
         if not isinstance(state, dict) or state.get("format") != POSITION_FORMAT:
-            return f"the stored loader position has format {state.get('format') if isinstance(state, dict) else state!r}"
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            return f"the stored loader position has format {got!r}, not {POSITION_FORMAT!r}"
         stored, now = state.get("fingerprint", {}), self.fingerprint()
         changed = [k for k in now if stored.get(k) != now[k]]
         if changed:

@@ -8,147 +8,41 @@ after a batch the whole future of the stream is fixed by:
 
 - the reader's position: shard index, byte offset of the next sample's first tar header, and its key;
 - the shuffle buffer's samples, as ``(shard index, offset)`` references, and whether it is draining;
-- the pairing pool (references again, with each sample's entities: no caption is matched again, no image
-  decoded) and the samples waiting for a partner: these were already decoded and augmented, so each keeps the generator
-  states it was built with (``snapshot``) and is rebuilt from them, the same tensors exactly;
-- the generator states (the process's globals only in a DataLoader worker process: with ``num_workers=0``
-  they belong to the training process, which stores them itself, ``process_rng_state``);
+- the pairing pool (references again, with each sample's entities: no caption matched again, no image
+  decoded) and the samples waiting for a partner: those were already decoded and augmented, so each keeps
+  the generator states it was built with and is rebuilt from them, the same tensors exactly (the states are
+  taken before every stage-2 build, unpacked, about 40 us, and packed only for a sample still waiting);
+- the generator states (``rngstate``; the process's globals only in a DataLoader worker process: with
+  ``num_workers=0`` they belong to the training process, which stores them itself);
 - the skip counter's log throttle; a CRC of every referenced sample's key, checked when they are read back.
 
-A resumed worker seeks to the offset (``shardio.read_tar_at``: the members before it are never read) and reads
-back only the referenced samples' bytes (``shardio.read_tar_samples``: one jump per sample). The in-flight state (``capture``) is a small dict of ints and bytes that
-travels inside each batch as the skip counts do; ``encode``/``decode`` turn it into JSON (base64 of zlib) for
-the checkpoint. Nothing here unpickles: a checkpoint from elsewhere cannot run code.
+A resumed worker seeks to the offset (``shardio.read_tar_at``: the members before it are never read) and
+reads back only the referenced samples' bytes (``shardio.read_tar_samples``: one jump per sample). The
+in-flight state (``capture``) is a small dict of ints and bytes that travels inside each batch as the skip
+counts do; ``encode``/``decode`` turn it into JSON (base64 of zlib) for the checkpoint. Nothing here
+unpickles: a checkpoint from elsewhere cannot run code.
 """
 
 from __future__ import annotations
 
-import base64
 import random
-import struct
 import zlib
 from array import array
 from collections import Counter
 from typing import Iterable, Iterator
 
-import numpy as np
-import torch
-
+from ovseg.data.captions.rngstate import (apply_snapshot, from_text, globals_bytes, set_globals, snapshot,
+                                          snapshot_bytes, split_snapshots, to_text)
 from ovseg.data.shardio import IMG2DATASET, SkipCounter, read_tar_at, read_tar_samples, seekable_tar
 
 POSITION_FORMAT = "ovseg-caption-position/1"
 _BYTES_FIELDS = ("buffer", "pool", "pool_entities", "waiting", "snaps", "rngs")
 _UNIT, _RECORD = "\x1f", "\x1e"  # ASCII separators: entities within a pooled sample, pooled samples
-assert array("I").itemsize == 4 and array("q").itemsize == 8
+assert array("q").itemsize == 8
 
 
 class StreamChanged(RuntimeError):
     """The shards no longer hold the samples a stored position points at."""
-
-
-# ------------------------------------------------------------------ generator states as bytes
-
-
-def _frame(parts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(p)) + p for p in parts)
-
-
-def _unframe(data: bytes, count: int, at: int = 0) -> tuple[list[bytes], int]:
-    parts = []
-    for _ in range(count):
-        (n,) = struct.unpack_from("<I", data, at)
-        parts.append(bytes(data[at + 4:at + 4 + n]))
-        at += 4 + n
-    return parts, at
-
-
-def _py_bytes(state) -> bytes:
-    version, internal, gauss = state  # random.Random.getstate(): (3, 625 words, gauss_next)
-    return struct.pack("<B?d", version, gauss is not None, 0.0 if gauss is None else gauss) + array("I", internal).tobytes()
-
-
-def _py_state(data: bytes):
-    version, has_gauss, gauss = struct.unpack_from("<B?d", data)
-    return version, tuple(array("I", data[10:])), gauss if has_gauss else None
-
-
-def _np_bytes() -> bytes:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return struct.pack("<iid", pos, has_gauss, cached) + np.asarray(keys, dtype="<u4").tobytes()
-
-
-def _np_set(data: bytes) -> None:
-    pos, has_gauss, cached = struct.unpack_from("<iid", data)
-    np.random.set_state(("MT19937", np.frombuffer(data, dtype="<u4", offset=16).copy(), pos, has_gauss, cached))
-
-
-def _globals_bytes() -> list[bytes]:
-    return [_py_bytes(random.getstate()), _np_bytes(), torch.get_rng_state().numpy().tobytes()]
-
-
-def _set_globals(parts: list[bytes]) -> None:
-    random.setstate(_py_state(parts[0]))
-    _np_set(parts[1])
-    torch.set_rng_state(torch.frombuffer(bytearray(parts[2]), dtype=torch.uint8))
-
-
-def snapshot(rng: random.Random, with_globals: bool) -> bytes:
-    """``rng``'s state and, ``with_globals``, the process's ``random``/NumPy/torch CPU states (reading a state
-    draws nothing, so taking snapshots never changes the stream)."""
-    return _frame([_py_bytes(rng.getstate()), *(_globals_bytes() if with_globals else [b"", b"", b""])])
-
-
-def apply_snapshot(data: bytes, rng: random.Random, at: int = 0) -> int:
-    """Set ``rng`` (and the globals, when the snapshot holds them) from the snapshot at ``data[at:]``; returns
-    where the next snapshot starts."""
-    parts, at = _unframe(data, 4, at)
-    rng.setstate(_py_state(parts[0]))
-    if parts[1]:
-        _set_globals(parts[1:])
-    return at
-
-
-def split_snapshots(data: bytes) -> list[bytes]:
-    out, at = [], 0
-    while at < len(data):
-        _, end = _unframe(data, 4, at)
-        out.append(bytes(data[at:end]))
-        at = end
-    return out
-
-
-def to_text(data: bytes) -> str:
-    return base64.b64encode(zlib.compress(data, 6)).decode("ascii")
-
-
-def from_text(text: str) -> bytes:
-    return zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-
-
-def process_rng_state(device: torch.device | None = None) -> dict:
-    """The training process's global generators (Gumbel noise, and the augmentation when the loader runs in
-    this process), JSON-able; CUDA's too when ``device`` is a GPU."""
-    state = {"cpu": to_text(_frame(_globals_bytes()))}
-    if device is not None and device.type == "cuda":
-        state["cuda"] = to_text(torch.cuda.get_rng_state(device).numpy().tobytes())
-    return state
-
-
-def restore_process_rng(state: dict, device: torch.device | None = None) -> None:
-    _set_globals(_unframe(from_text(state["cpu"]), 3)[0])
-    if "cuda" in state and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(torch.frombuffer(bytearray(from_text(state["cuda"])), dtype=torch.uint8), device)
-
-
-def seed_like_worker(info, role: int) -> None:
-    """Seed this DataLoader worker's globals as a fresh DataLoader seeds worker ``role`` (torch's
-    ``_worker_loop``: ``base_seed + id`` for ``random`` and torch, ``_generate_state`` for NumPy)."""
-    from torch.utils.data._utils.worker import _generate_state
-
-    base = info.seed - info.id
-    random.seed(base + role)
-    torch.manual_seed(base + role)
-    np.random.seed(_generate_state(base, role))
 
 
 def pack_refs(refs: Iterable[tuple[int, int]]) -> bytes:
@@ -282,6 +176,8 @@ def capture(role: int, reader: ShardStream, shuffle: ShuffleBuffer, pairer, rng:
              "buffer": pack_refs(r["__ref__"] for r in buffered), "rngs": snapshot(rng, in_worker),
              "seen": dict(skipped.seen)}
     if pairer is not None:
+        for s in pairer.waiting:
+            s["_snap"] = snapshot_bytes(s["_snap"])  # packed once, when first stored
         keys += pairer.pool.keys() + [s["key"] for s in pairer.waiting]
         entities = _RECORD.join(_UNIT.join(e) for e in pairer.pool.entities())
         state.update(pool=pack_refs(pairer.refs), pool_entities=entities.encode(),
@@ -308,13 +204,13 @@ def restore(state: dict, urls: list[str], reader: ShardStream, shuffle: ShuffleB
         entities = [tuple(r.split(_UNIT)) if r else () for r in text.split(_RECORD)] if pooled else []
         for raw, ents in zip(pooled, entities, strict=True):
             pairer.add(raw["__key__"], ents, image_bytes(raw), raw["__ref__"])
-        outside = _globals_bytes()  # the rebuilds below must not move the process's generators
+        outside = globals_bytes()  # the rebuilds below must not move the process's generators
         for raw, snap in zip(reread(urls, unpack_refs(state["waiting"])), split_snapshots(state["snaps"])):
             apply_snapshot(snap, rng)
             sample = builder(raw, rng, Counter())
             sample["_ref"], sample["_snap"] = raw["__ref__"], snap
             pairer.waiting.append(sample)
-        _set_globals(outside)
+        set_globals(outside)
         keys += pairer.pool.keys() + [s["key"] for s in pairer.waiting]
     if _keys_crc(keys) != state["keys"]:
         raise StreamChanged(f"the samples read back at the stored offsets of this worker's shards ({urls[0]} ...) "
