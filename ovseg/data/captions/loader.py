@@ -211,7 +211,7 @@ class CaptionLoader:
         while self.epoch_length is None or pos.produced < self.epoch_length:
             resumed = pos is start
             if not all(r is not None and r["done"] for r in pos.roles):
-                for item in self._pass(epoch, pos.pass_index, pos.roles if resumed else None, pos.next_role):
+                for item in self._pass(epoch, pos.pass_index, list(pos.roles) if resumed else None, pos.next_role):
                     state = item.pop("state")
                     pos.roles[state["role"]], pos.next_role = state, (state["role"] + 1) % parts
                     self.counts.add(item.pop("counts"))
@@ -246,9 +246,9 @@ class CaptionLoader:
         return self._fingerprint
 
     def state(self) -> dict | None:
-        """The position after the last batch this loader yielded (JSON-able; None before the first), with
-        the cumulative counts."""
-        pos = self._position
+        """The position after the last batch this loader yielded, with the cumulative counts (JSON-able; None
+        before the first; a position given to ``resume`` and not iterated yet, as it was given)."""
+        pos = self._position or self._pending
         if pos is None:
             return None
         return {"format": POSITION_FORMAT, "fingerprint": self.fingerprint(), "epoch": pos.epoch,
