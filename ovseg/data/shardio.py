@@ -201,7 +201,20 @@ def read_tar(url: str, counter: SkipCounter | None = None,
     samples before the cut are kept, the sample in progress is dropped (it may lack files), nothing is
     guessed. Without a counter every such problem raises.
     """
+    for key, members, *_ in read_tar_at(url, counter, layout):
+        yield key, members
+
+
+def read_tar_at(url: str, counter: SkipCounter | None = None, layout: TarLayout = SEGMENTATION,
+                start: int = 0) -> Iterator[tuple[str, list, int, int | None, str | None]]:
+    """:func:`read_tar` with positions: ``(key, members, offset, next_offset, next_key)``, where ``offset`` is
+    the byte offset of the sample's first member header, ``next_offset``/``next_key`` those of the sample that
+    follows (None after the last one). ``start``: begin at a sample's ``offset`` (a plain local tar only, see
+    :func:`seekable_tar`): the members before it are neither read nor parsed, and what follows is exactly
+    what reading from the start would give from that sample on (the caption loader's resume)."""
     strict = counter is None
+    if start and is_remote(url):
+        raise ValueError(f"{url}: only a local file can be read from byte offset {start}")
     if layout.local_only:
         try:
             stream: BinaryIO = open(url, "rb")
@@ -216,10 +229,12 @@ def read_tar(url: str, counter: SkipCounter | None = None,
         stream = gopen(url, "rb")
     else:
         stream = open(url, "rb")
-    key, members = None, []
+    key, members, first = None, [], 0
     try:
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")
+            if start:
+                stream.seek(start)
+            tar = tarfile.open(fileobj=stream, mode="r|" if start else "r|*")
         except (tarfile.TarError, EOFError, OSError) as exn:
             if strict:
                 raise
@@ -234,8 +249,10 @@ def read_tar(url: str, counter: SkipCounter | None = None,
                 if (strict or layout.check_sizes) and len(data) != info.size:
                     raise EOFError(f"member {info.name} has {len(data)} of its {info.size} bytes")
                 if members and (k != key or (layout.split_on_repeat and any(e == ext for _, e, _ in members))):
-                    yield key, members
+                    yield key, members, first, start + info.offset, k
                     members = []
+                if not members:
+                    first = start + info.offset  # the header (with any long-name/pax block) of the first member
                 key = k
                 members.append((info.name, ext, data))
         except (tarfile.TarError, EOFError, OSError) as exn:
@@ -245,14 +262,67 @@ def read_tar(url: str, counter: SkipCounter | None = None,
             counter.add(reason, f"{url} (cut short after sample {key})" if key else url,
                         str(exn) or type(exn).__name__)
             return
-        if not strict and _ends_early(url, tar.offset, layout, key is not None):
+        if not strict and _ends_early(url, start + tar.offset, layout, key is not None):
             counter.add(layout.truncated, f"{url} (sample {key})", "no end-of-archive marker: the last sample "
                         "may be cut, so it is skipped")
             return
         if members:
-            yield key, members
+            yield key, members, first, None, None
     finally:
         stream.close()
+
+
+def read_tar_samples(url: str, offsets: Iterable[int], layout: TarLayout = SEGMENTATION) -> dict[int, tuple]:
+    """The samples starting at ``offsets`` of a seekable tar (:func:`seekable_tar`): ``{offset: (key, members)}``,
+    grouped as :func:`read_tar` groups them; each read jumps to its offset (the archive is opened once, only
+    those samples' headers and bytes are read). An offset where no whole sample starts is left out."""
+    out: dict[int, tuple] = {}
+    with open(url, "rb") as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+            tar.next()  # the first header, read by open: from here on ``next`` reads at ``tar.offset``
+        except (tarfile.TarError, EOFError, OSError):
+            return out
+        for offset in sorted(set(offsets)):
+            key, members = None, []
+            tar.offset = offset
+            f.seek(offset)  # (``next`` seeks only when the file is elsewhere, and never back to 0)
+            try:
+                while (info := tar.next()) is not None:
+                    if not info.isreg() or layout.skip(info.name):
+                        if members:
+                            continue
+                        break  # not a sample's first member
+                    k, ext = split_key(info.name, layout.folder_in_key)
+                    if members and (k != key or (layout.split_on_repeat and any(e == ext for _, e, _ in members))):
+                        break
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        members = []
+                        break
+                    key = k
+                    members.append((info.name, ext, data))
+            except (tarfile.TarError, EOFError, OSError):
+                pass  # a sample is whole once its next header (or the archive's end) has been read
+            else:
+                if members:
+                    out[offset] = (key, members)
+            tar.members.clear()
+    return out
+
+
+def seekable_tar(url: str) -> bool:
+    """A local, uncompressed (ustar/GNU) tar with no global pax header at its start: one whose samples can be
+    read from a byte offset. Anything else is read from its start and the members before the offset skipped
+    unparsed (no image is decoded either way)."""
+    if is_remote(url):
+        return False
+    try:
+        with open(url, "rb") as f:
+            head = f.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return False
+    return len(head) == tarfile.BLOCKSIZE and head[257:262] == b"ustar" and head[156:157] != tarfile.XGLTYPE
 
 
 # ------------------------------------------------------------------ sample JSON and member names

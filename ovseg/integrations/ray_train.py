@@ -49,6 +49,15 @@ def _sync_buffers(model) -> None:
         dist.broadcast(buf.data, src=0)
 
 
+def _gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (each rank's data position for the checkpoint rank 0 writes)."""
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _worker_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -80,7 +89,8 @@ def _worker_loop(loop_config: dict) -> None:
 
     env = WorkerEnv(rank=rank, world_size=world, device=device, gather=_all_gather if world > 1 else None,
                     wrap=wrap, report=report, scratch=scratch, reduce_sum=_reduce_sum(device) if world > 1 else None,
-                    sync_buffers=_sync_buffers if world > 1 else None)
+                    sync_buffers=_sync_buffers if world > 1 else None,
+                    gather_objects=_gather_objects if world > 1 else None)
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -6,8 +6,10 @@ tracker and a ``report`` callable that persists checkpoints; the same code runs 
 one loop (``engine.train_steps``) with ``_StageHooks`` (log, evaluate, checkpoint, stop early). The schedule follows the released code (reference section 6): AdamW, linear warmup then cosine per step,
 learning rates scaled by global batch / ``train.lr_batch``, clipping at 5; stage 2 starts the momentum
 encoder from the stage-1 weights, freezes the text tower (not its projector) and switches to the light
-augmentation with paired images. Checkpoints carry the optimizer, the step, the stage and the data position
-(epoch, batches into it), so a resumed run continues instead of restarting.
+augmentation with paired images. Checkpoints carry the optimizer, the step, the stage, the data position
+(epoch, batches into it) and, for every rank, its loader's position in the shards and its generator states: a
+resumed run continues the same batches and noise without re-reading what it consumed (docs/data.md,
+"Resuming"); a checkpoint without them (older versions) is fast-forwarded by re-reading the epoch's batches.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from ..checkpoint import Checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from ..config import Config, flatten, to_dict
+from ..data.captions.rngstate import restore_process_rng
 from ..data.synthetic.world import synthetic_root
 from ..eval.evaluate import parse_eval_sets
 from ..eval.report import evaluate_and_log
@@ -29,6 +32,7 @@ from ..losses import Gather
 from ..models import build_model
 from ..tracking import NullTracker
 from .engine import train_steps
+from .resume import data_state, own_data_state, position_loader
 from .schedule import Schedule, build_optimizer
 from .task import Task
 
@@ -49,6 +53,9 @@ class WorkerEnv:
     # give every rank rank 0's buffers (BatchNorm running statistics: each rank's last forward updated its own
     # with its own batch), so that every share is scored by the model the checkpoint holds
     sync_buffers: Callable[[torch.nn.Module], None] | None = None
+    # every rank's object, in rank order (an all_gather_object; None with one rank): each rank's data position
+    # and generator states reach the checkpoint that rank 0 writes
+    gather_objects: Callable[[object], list] | None = None
     scratch: Path = field(default_factory=lambda: Path("."))
 
 
@@ -103,6 +110,8 @@ class Pretrainer:
         self.total_steps = sum(n for _, n in self.stages)
         self.step, self.stage, self.epoch, self.batch_in_epoch = 0, 1, 0, 0
         self.history: list[dict] = []
+        self._resume_data: dict | None = None  # this rank's stored data position and generator states
+        self._stage_loader = None  # the running stage's loader (its position goes into checkpoints)
         self.eval_sets = None
         self.counts: dict[str, int] = {}
 
@@ -112,6 +121,7 @@ class Pretrainer:
         self.step, self.stage = ckpt.step, int(st.get("stage", 1))
         self.epoch, self.batch_in_epoch = int(st.get("epoch", 0)), int(st.get("batch_in_epoch", 0))
         self.history = list(st.get("history", []))
+        self._resume_data = own_data_state(st.get("data"), self.env.rank, self.env.world_size)
         if any(k.startswith("momentum_vision.") for k in ckpt.weights):
             self.model.init_momentum()
             self.model.momentum_vision.to(self.env.device)
@@ -124,10 +134,12 @@ class Pretrainer:
         if self.env.report is None:
             return
         path = None
+        data = data_state(self._stage_loader, self.env, self.stage)  # with several ranks a collective: all take part
         if self.main:
             tensors, meta = optimizer_to_tensors(optimizer)
             state = {"stage": self.stage, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                     "optimizer": meta, "history": self.history, "mlflow_run_id": self.tracker.run_id}
+                     "optimizer": meta, "history": self.history, "mlflow_run_id": self.tracker.run_id,
+                     "data": data}
             path = self.env.scratch / f"step-{self.step:08d}" / CHECKPOINT_FILE
             save_checkpoint(path, self.model, self.cfg, self.step, metrics, extra=tensors, state=state)
             self.save_text_cache()
@@ -164,6 +176,13 @@ class Pretrainer:
     # ------------------------------------------------------------------ training
     def _stage_setup(self, stage: int):
         tc = self.cfg.train
+        saved = self._resume_data
+        if saved is not None and "why" not in saved and saved.get("stage") != stage:
+            # resumed at the end of the previous stage: this stage's stream starts at its beginning, from the
+            # generator states the uninterrupted run had there
+            self._resume_data = None
+            if saved.get("rng"):
+                restore_process_rng(saved["rng"], self.env.device)
         if stage == 2 and self.model.momentum_vision is None:
             self.model.init_momentum()  # the EMA encoder starts from the stage-1 weights
             self.model.momentum_vision.to(self.env.device)
@@ -230,13 +249,24 @@ class Pretrainer:
             entity_prompts=cfg.loss.needs_entity_prompts, pin_memory=self.env.device.type == "cuda")
 
     def _batches(self, loader):
-        """Endless batches from the saved data position on: epoch by epoch, skipping what was consumed."""
+        """Endless batches from the saved data position on, epoch by epoch. A checkpoint with this rank's loader
+        position continues there (nothing re-read); one without (older versions, other data) re-reads and drops
+        the epoch's consumed batches. The stored generator states are set just before the first batch is made."""
+        saved, self._resume_data = self._resume_data, None
+        skip, rng = position_loader(saved, loader, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                                    rank=self.env.rank, world_size=self.env.world_size)
         while True:
             loader.set_epoch(self.epoch)
-            for i, batch in enumerate(loader):
-                if i < self.batch_in_epoch:
-                    continue  # fast-forward to the checkpointed position of this epoch
-                self.batch_in_epoch = i + 1
+            batches = iter(loader)
+            for _ in range(skip):
+                if next(batches, None) is None:
+                    break
+            skip = 0
+            if rng is not None:
+                restore_process_rng(rng, self.env.device)
+                rng = None
+            for batch in batches:
+                self.batch_in_epoch += 1
                 yield batch
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
@@ -258,6 +288,7 @@ class Pretrainer:
             if stage != self.stage:  # a new stage starts its own data stream and schedule
                 self.stage, self.epoch, self.batch_in_epoch = stage, 0, 0
             batch, sched, optimizer, loader = self._stage_setup(stage)
+            self._stage_loader = loader
             task = Task(self.env.wrap(self._training_module()), self.cfg.loss, gather=self.env.gather,
                         rank=self.env.rank)
             schedule = Schedule(optimizer, start, n, **sched)

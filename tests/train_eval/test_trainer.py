@@ -79,7 +79,9 @@ def test_two_stages_checkpoints_and_evaluation(world, tmp_path):
     assert ckpt.step == 6 and ckpt.state["stage"] == 2 and ckpt.state["mlflow_run_id"] == "recorded"
 
 
-def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_path):
+def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_path, capsys):
+    """Also the fallback for checkpoints written before the loader position was stored (their state has epoch
+    and batch_in_epoch only): the consumed batches are re-read and dropped."""
     reports = _Reports(tmp_path)
     cfg = _cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=6", "train.stop_after=3",
                "train.ckpt_every=100")
@@ -92,6 +94,8 @@ def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_pa
     t = cfg.train  # the schedule below is worked out from the config's rates, for a global batch of 16
     resumed_cfg = _cfg(world, tmp_path, "train.stage2_steps=0", "train.stage1_steps=6", "train.ckpt_every=100")
     second = Pretrainer(resumed_cfg, WorkerEnv(report=reports, scratch=tmp_path / "s2"), _Recorder())
+    assert saved.state["data"]["ranks"][0]["loader"]["produced"] == 3
+    del saved.state["data"]  # as an older version wrote it
     second.restore(saved)
     for k, v in second.model.state_dict().items():
         assert torch.equal(v, saved.weights[k]), k  # the weights continue, not restart
@@ -107,6 +111,31 @@ def test_resume_continues_step_weights_optimizer_and_data_position(world, tmp_pa
     adam_steps = {float(v) for k, v in final.extra.items() if k.endswith("/step")}
     assert adam_steps == {6.0}  # AdamW's own counters were restored and went on: 3 + 3
     assert final.state["batch_in_epoch"] == 6  # the data stream continued past the 3 batches already used
+    assert "holds no loader position (an older version wrote it): re-reading 3 batches" in capsys.readouterr().out
+
+
+def test_a_stopped_and_resumed_run_trains_the_uninterrupted_weights(world, tmp_path, capsys):
+    """Stopped in stage 2 (paired batches, samples waiting for a partner in the pool) and resumed from the
+    checkpoint alone: the weights at the end equal an uninterrupted run's to the bit, so the batches, their
+    augmentation and the model's noise were the same; and nothing was re-read to get there."""
+    common = ("train.stage1_steps=2", "train.warmup_steps=1", "train.ckpt_every=100", "data.shuffle_buffer=20")
+    whole = Pretrainer(_cfg(world, tmp_path, *common), WorkerEnv(report=_Reports(tmp_path), scratch=tmp_path / "u"),
+                       _Recorder())
+    whole.run()
+    reports = _Reports(tmp_path)
+    first = Pretrainer(_cfg(world, tmp_path, *common, "train.stop_after=3"),
+                       WorkerEnv(report=reports, scratch=tmp_path / "a"), _Recorder())
+    first.run()
+    saved = read_checkpoint(reports.items[-1][1])
+    assert saved.state["stage"] == 2 and saved.state["data"]["ranks"][0]["loader"]["produced"] == 1
+    second = Pretrainer(_cfg(world, tmp_path, *common), WorkerEnv(report=reports, scratch=tmp_path / "b"), _Recorder())
+    second.restore(saved)
+    second.run()
+    assert second.step == whole.step == 4
+    out = capsys.readouterr().out
+    assert "continuing at the stored loader position (epoch 0, batch 1)" in out and "re-reading" not in out
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k]), k
 
 
 def test_an_unreachable_tracking_server_does_not_stop_training(world, tmp_path, capsys):
@@ -220,3 +249,38 @@ def test_the_optimizer_is_fused_only_when_every_parameter_is_on_a_gpu():
     assert not build_optimizer(model, 1e-3).defaults["fused"]  # CPU: the plain implementation
     if torch.cuda.is_available():
         assert build_optimizer(model.cuda(), 1e-3).defaults["fused"]
+
+
+def test_a_stored_position_that_does_not_fit_falls_back_to_re_reading(capsys):
+    """Every way a checkpoint's data entry can fail to fit this rank, each with a printed reason and the
+    re-reading fallback; the rank's generator states still apply when the entry is its own."""
+    from ovseg.train.resume import own_data_state, position_loader
+
+    class Loader:
+        def __init__(self, why=None):
+            self.why, self.given = why, None
+
+        def resume(self, state):
+            self.given = state
+            return self.why
+
+    entry = {"loader": {"epoch": 2, "produced": 5}, "rng": {"cpu": "x"}}
+    data = {"stage": 1, "world_size": 2, "ranks": [entry, None]}
+    assert own_data_state(None, 0, 1) is None  # written before positions were stored
+    assert "for 2 ranks, this run has 4" in own_data_state(data, 0, 4)["why"]
+    assert "no data position for rank 1" in own_data_state(data, 1, 2)["why"]
+    mine = own_data_state(data, 0, 2)
+    assert mine == {"stage": 1, **entry}
+    kw = dict(epoch=2, batch_in_epoch=5, rank=0, world_size=2)
+    assert position_loader(None, Loader(), **kw) == (5, None)
+    assert position_loader(own_data_state(data, 1, 2), Loader(), **{**kw, "rank": 1}) == (5, None)
+    assert position_loader(mine, Loader("other shards"), **kw) == (5, {"cpu": "x"})
+    assert position_loader(mine, Loader(), **{**kw, "batch_in_epoch": 4}) == (4, {"cpu": "x"})
+    ok = Loader()
+    assert position_loader(mine, ok, **kw) == (0, {"cpu": "x"}) and ok.given is entry["loader"]
+    out = capsys.readouterr().out
+    assert "re-reading 5 batches of epoch 2 to get there" in out
+    assert "rank 1: WARNING: the checkpoint holds no data position for rank 1: re-reading 5" in out
+    assert "WARNING: other shards: re-reading 5 batches" in out
+    assert "is not the checkpoint's (epoch 2, batch 4)" in out
+    assert "continuing at the stored loader position (epoch 2, batch 5)" in out

@@ -11,7 +11,8 @@ deterministic for a seed:
   entities have no partner in the pool yet waits (at most ``max_wait`` later samples) and is offered the
   pool again when it leaves the queue; only if still alone, or when the stream ends, is it emitted
   unpaired (counted as ``unpaired`` and flagged ``has_pair=False`` so the mask loss leaves it out).
-  Samples without any entity are passed through unpaired. No disk re-read.
+  Samples without any entity are passed through unpaired. No disk re-read. ``StreamPairer`` is the same
+  with its pool and queue in the open, so that a resumed loader can rebuild them (``position.py``).
 - :func:`pair_candidates`: the offline way, used by ``platform/prepare_captions.py``: up to ``k`` other
   keys sharing an entity, for users whose storage is random-access.
 """
@@ -40,6 +41,14 @@ class PairPool:
 
     def __len__(self) -> int:
         return len(self._order)
+
+    def keys(self) -> list[str]:
+        """The pooled samples' keys, oldest first."""
+        return [item[0] for item in self._order]
+
+    def entities(self) -> list[tuple]:
+        """The pooled samples' entities, oldest first."""
+        return [item[1] for item in self._order]
 
     def add(self, key: str, entities: Sequence[str], payload: Any) -> None:
         item = (key, tuple(entities), payload)
@@ -81,30 +90,49 @@ def pair_in_stream(samples: Iterable[Mapping], rng: random.Random, counts: Count
     ``sample`` needs ``"key"``, ``"entities"`` and ``payload_key``. Every input sample is yielded exactly
     once; a waiting sample is delayed by at most ``max_wait`` samples (default: half the pool).
     """
-    pool = PairPool(pool_size)
-    max_wait = pool_size // 2 if max_wait is None else max_wait
-    waiting: deque = deque()
+    yield from StreamPairer(rng, counts, pool_size=pool_size, max_wait=max_wait, payload_key=payload_key)(samples)
 
-    def settle(sample):
-        partner = pool.find(sample["key"], sample["entities"], rng)
+
+class StreamPairer:
+    """:func:`pair_in_stream` with its state in the open: ``pool``, ``waiting`` (samples still looking for a
+    partner, oldest first) and ``refs`` (whatever each pooled sample carried under ``"_ref"``, aligned with the
+    pool's items), so that the caption loader can store the state and rebuild it on resume. Calling it again
+    on the rest of the stream continues exactly where it stopped: every yield ends one step of the loop."""
+
+    def __init__(self, rng: random.Random, counts: Counter, *, pool_size: int = 1024, max_wait: int | None = None,
+                 payload_key: str = "payload"):
+        self.rng, self.counts, self.payload_key = rng, counts, payload_key
+        self.pool = PairPool(pool_size)
+        self.refs: deque = deque(maxlen=pool_size)  # evicts with the pool: both drop their oldest item
+        self.max_wait = pool_size // 2 if max_wait is None else max_wait
+        self.waiting: deque = deque()
+
+    def add(self, key: str, entities: Sequence[str], payload: Any, ref: Any = None) -> None:
+        self.pool.add(key, entities, payload)
+        self.refs.append(ref)
+
+    def _settle(self, sample):
+        partner = self.pool.find(sample["key"], sample["entities"], self.rng)
         if partner is None:
-            counts["unpaired"] += 1
+            self.counts["unpaired"] += 1
         return sample, partner
 
-    for sample in samples:
-        if not sample["entities"]:
-            yield sample, None  # nothing to share; counted as no_entity where the entities are found
-            continue
-        partner = pool.find(sample["key"], sample["entities"], rng)
-        pool.add(sample["key"], sample["entities"], sample[payload_key])
-        if partner is not None:
-            yield sample, partner
-            continue
-        waiting.append(sample)
-        if len(waiting) > max_wait:
-            yield settle(waiting.popleft())
-    while waiting:
-        yield settle(waiting.popleft())
+    def __call__(self, samples: Iterable[Mapping]) -> Iterator[tuple]:
+        pool, waiting = self.pool, self.waiting
+        for sample in samples:
+            if not sample["entities"]:
+                yield sample, None  # nothing to share; counted as no_entity where the entities are found
+                continue
+            partner = pool.find(sample["key"], sample["entities"], self.rng)
+            self.add(sample["key"], sample["entities"], sample[self.payload_key], sample.get("_ref"))
+            if partner is not None:
+                yield sample, partner
+                continue
+            waiting.append(sample)
+            if len(waiting) > self.max_wait:
+                yield self._settle(waiting.popleft())
+        while waiting:
+            yield self._settle(waiting.popleft())
 
 
 def stable_seed(seed: int, *parts: Any) -> int:

@@ -137,6 +137,9 @@ class SampleBuilder:
         self.max_length = max_length
         self.transform = build_image_transform(stage, image_size)
         self.matcher = matcher or EntityMatcher()
+        # what decides a built sample besides the tokenizer and vocabulary (a stored loader position is tied to it)
+        self.settings = {"image_size": image_size, "stage": stage, "max_length": max_length,
+                         "entity_prompts": entity_prompts}
 
     def tokenize(self, text: str, offsets: bool = False) -> dict:
         return self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_length,
