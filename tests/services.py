@@ -115,7 +115,10 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-              "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}{os.pathsep}{e.get('PATH', '')}"})
+              "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}{os.pathsep}{e.get('PATH', '')}",
+              # Ray's dashboard gives each of its modules 30 s to start, then stops the head: on a loaded 2-core
+              # machine MetricsHead took longer (CI, 2 Dec 2026); the product sets the same default
+              "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "180"})
     e.update(extra)
     return e
 

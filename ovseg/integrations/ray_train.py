@@ -145,6 +145,9 @@ def run_pretraining(cfg: Config, *, resume: bool = False, address: str | None = 
         raise FileExistsError(f"run folder {run_dir} exists: pass --resume to continue it, or choose another "
                               f"train.run_name / train.output_dir")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # a local Ray's dashboard stops the whole Ray when one of its modules takes over 30 s to start, as on a busy
+    # machine; allow it three minutes
+    os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
     started_here = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
