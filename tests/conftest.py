@@ -96,3 +96,13 @@ def make_world(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """A real MLflow server on loopback for one module's tests (its URI); stopped by its id afterwards."""
+    from services import start_mlflow, stop
+
+    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop(proc)

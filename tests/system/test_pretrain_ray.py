@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from services import REPO, env, free_port, start_mlflow, stop, wait_http
+from services import REPO, env, free_port, stop, wait_http
 
 from ovseg.checkpoint import find_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow  # conftest.SHARED: one Ray at a time
 PRETRAIN = str(REPO / "platform" / "pretrain.py")
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    yield uri
-    stop(proc)
 
 
 @pytest.fixture(scope="module")

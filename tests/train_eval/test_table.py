@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from services import REPO, start_mlflow, stop
+from services import REPO
 
 from ovseg import save_checkpoint
 from ovseg.data.benchmarks.registry import suite_specs
@@ -101,13 +101,6 @@ def tiny_checkpoint(tmp_path_factory, make_world):
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    yield uri
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, debug_model, debug_cfg):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "c.safetensors", debug_model, debug_cfg, step=7)
 
@@ -128,7 +121,7 @@ def _row(out: str, label: str) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.slow  # a real MLflow server
-def test_the_table_prints_its_average_and_logs_every_cell(full_root, tiny_checkpoint, mlflow_server, tmp_path,
+def test_the_table_prints_its_average_and_logs_every_cell(full_root, tiny_checkpoint, mlflow_uri, tmp_path,
                                                           capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -137,7 +130,7 @@ def test_the_table_prints_its_average_and_logs_every_cell(full_root, tiny_checkp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     step = read_checkpoint(tiny_checkpoint).step
     code = _main()([str(tiny_checkpoint), "--protocol", "tcl", "--suite", "eight", "--data-root", str(full_root),
-                    "--tracking-uri", mlflow_server, "--output", str(tmp_path / "m.json"), *TINY])
+                    "--tracking-uri", mlflow_uri, "--output", str(tmp_path / "m.json"), *TINY])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "TCL zero-shot protocol: short side 64" in out and "'a photo of many {}.'" in out
@@ -151,7 +144,7 @@ def test_the_table_prints_its_average_and_logs_every_cell(full_root, tiny_checkp
     for name, col, cell in zip(suite_names("eight"), head, cells):
         assert metrics[f"table/tcl/{col}"] == metrics[f"zeroshot/{name}/miou"]
         assert abs(100 * metrics[f"table/tcl/{col}"] - cell) <= 0.05 + 1e-9
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_uri)
     run = client.search_runs([client.get_experiment_by_name("ovseg-eval").experiment_id])[0]
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("table/tcl/")}
     assert set(logged) == {f"table/tcl/{c}" for c in head[:-1]} | {"table/tcl/avg"}
