@@ -7,11 +7,13 @@ Public API:
 The core never imports Ray, Flower or MLflow; those live in ``ovseg.integrations`` and ``ovseg.tracking``.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, load_config
-from .eval.metrics import ConfusionMatrix
-from .eval.segment import segment
-from .models import build_model
+from .lazy import lazy_exports
+
+# imported on first use (ovseg/lazy.py): ``import ovseg.config`` alone must not import torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint", "Config": ".config",
+    "load_config": ".config", "ConfusionMatrix": ".eval.metrics", "segment": ".eval.segment",
+    "build_model": ".models"})
 
 __all__ = ["Config", "ConfusionMatrix", "build_model", "load_checkpoint", "load_config", "save_checkpoint", "segment"]
 __version__ = "0.1.0"

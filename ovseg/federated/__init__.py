@@ -10,10 +10,15 @@ The Flower glue (``ovseg.integrations.flower``) and the Flower app (``clients/``
 imports Flower, so every rule is unit-tested on plain tensors.
 """
 
-from .exchange import build_site_model, exchange_keys, frozen_fingerprint, frozen_prefixes, get_tensors, set_tensors
-from .kinds import KINDS, SiteKind, register
-from .sites import SITE_FILE, Site, local_train, proximal_term, site_evaluate
-from .wire import BF16_WIRE, TRANSPORTS, check_update, decode_tensor, encode_tensor
+from ..lazy import lazy_exports
+
+# imported on first use (ovseg/lazy.py): the site's privacy guard reads wire's names without importing torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["build_site_model", "exchange_keys", "frozen_fingerprint", "frozen_prefixes", "get_tensors",
+                     "set_tensors"], ".exchange"),
+    **dict.fromkeys(["KINDS", "SiteKind", "register"], ".kinds"),
+    **dict.fromkeys(["SITE_FILE", "Site", "local_train", "proximal_term", "site_evaluate"], ".sites"),
+    **dict.fromkeys(["BF16_WIRE", "TRANSPORTS", "check_update", "decode_tensor", "encode_tensor"], ".wire")})
 
 __all__ = ["BF16_WIRE", "KINDS", "SITE_FILE", "TRANSPORTS", "Site", "SiteKind", "build_site_model", "check_update",
            "decode_tensor", "encode_tensor", "exchange_keys", "frozen_fingerprint", "frozen_prefixes", "get_tensors",

@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 TRANSPORTS = ("float32", "bfloat16")
 BF16_WIRE = "bfloat16"  # the Array dtype string of a bf16 tensor carried as uint16 bits
@@ -18,6 +21,8 @@ BF16_WIRE = "bfloat16"  # the Array dtype string of a bf16 tensor carried as uin
 
 def encode_tensor(t: torch.Tensor, transport: str) -> tuple[np.ndarray, str]:
     """-> (numpy array to ship, dtype name). bfloat16 travels as its uint16 bit pattern."""
+    import torch  # here, not at the top: the site's guard reads this module's names without tensors
+
     if transport == "float32":
         return t.detach().to("cpu", torch.float32).contiguous().numpy(), "float32"
     if transport == "bfloat16":
@@ -31,7 +36,8 @@ def decode_tensor(array: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == BF16_WIRE:
         if array.dtype != np.uint16:
             raise ValueError(f"a bfloat16 array must arrive as uint16 bits, got {array.dtype}")
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16).float().numpy()
+        # a bfloat16 is the upper half of the float32 with the same value: widening is a 16-bit shift, exact
+        return (array.astype(np.uint32) << 16).view(np.float32)
     if dtype == "float32" and array.dtype == np.float32:
         return array
     raise ValueError(f"unexpected array dtype {dtype!r} ({array.dtype}); expected float32 or bfloat16")

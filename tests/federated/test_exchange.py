@@ -82,7 +82,8 @@ def test_set_tensors_round_trip_and_errors(model_cfg):
 
 
 def test_bf16_wire_is_exact_bf16_rounding_and_half_the_bytes():
-    t = torch.randn(257, 33) * 10
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-40, -3e-39, 3.4e38, 1.0 + 2 ** -9])
+    t = torch.cat([torch.randn(257 * 33 - 8) * 10, special]).reshape(257, 33)  # signed zeros, subnormals, inf
     bits, dtype = encode_tensor(t, "bfloat16")
     assert dtype == "bfloat16" and bits.dtype == np.uint16 and bits.nbytes == t.numel() * 2
     back = decode_tensor(bits, dtype)

@@ -13,12 +13,13 @@ rules (what travels, checks, site kinds, local training) live in ``ovseg.federat
     server.py    the ServerApp: rounds, central evaluation, MLflow, checkpoints, resume
 """
 
-from .client import make_client_app
-from .config import config_from_run
-from .guard import privacy_guard_mod, privacy_violations
-from .records import record_to_tensors, to_record
-from .server import make_server_app
-from .strategy import GuardedStrategy, build_strategy
+from ...lazy import lazy_exports
+
+# imported on first use (ovseg/lazy.py): a ClientApp process that only relays SecAgg+ keys imports no torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "make_client_app": ".client", "config_from_run": ".config", "privacy_guard_mod": ".guard",
+    "privacy_violations": ".guard", "record_to_tensors": ".records", "to_record": ".records",
+    "make_server_app": ".server", "GuardedStrategy": ".strategy", "build_strategy": ".strategy"})
 
 __all__ = ["GuardedStrategy", "build_strategy", "config_from_run", "make_client_app", "make_server_app",
            "privacy_guard_mod", "privacy_violations", "record_to_tensors", "to_record"]

@@ -12,19 +12,26 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ...config import Config
-from ...federated.exchange import build_site_model, exchange_keys, frozen_fingerprint, get_tensors, set_tensors
-from ...federated.sites import Site, local_train, site_evaluate, site_metric_names
 from .config import ARRAYS, CONFIG, FINGERPRINT, METRICS, config_from_run
 from .guard import dp_clipping_mod, privacy_guard_mod
-from .records import record_to_tensors, to_record
 from .secagg import secagg_mod
+
+if TYPE_CHECKING:
+    from ...config import Config
+    from ...federated.sites import Site
+
+# The model, the site's data and the tensor records are imported inside the actions that use them: the SuperNode
+# starts one ClientApp process per message, and SecAgg+'s key-exchange and unmasking stages need no torch.
 
 
 def _site_of(context: Context, cfg: Config) -> tuple[Site, str | None]:
+    from ...federated.sites import Site
+
     node = context.node_config
     if "data-path" in node:
         return Site.open(str(node["data-path"]), node.get("data-kind") or None), node.get("base-checkpoint")
@@ -40,6 +47,9 @@ def _site_of(context: Context, cfg: Config) -> tuple[Site, str | None]:
 
 
 def _client_model(msg: Message, context: Context, run_config: dict):
+    from ...federated.exchange import build_site_model, exchange_keys, frozen_fingerprint, set_tensors
+    from .records import record_to_tensors
+
     cfg = config_from_run(run_config)
     site, base = _site_of(context, cfg)
     model, cfg = build_site_model(cfg, base or cfg.fed.init_checkpoint)
@@ -53,6 +63,10 @@ def _client_model(msg: Message, context: Context, run_config: dict):
 
 
 def _train(msg: Message, context: Context, run_config: dict) -> Message:
+    from ...federated.exchange import get_tensors
+    from ...federated.sites import local_train, site_metric_names
+    from .records import to_record
+
     model, cfg, site, keys = _client_model(msg, context, run_config)
     conf = msg.content[CONFIG]
     rnd = int(conf.get("server-round", 0))
@@ -72,6 +86,8 @@ def _train(msg: Message, context: Context, run_config: dict) -> Message:
 
 
 def _evaluate(msg: Message, context: Context, run_config: dict) -> Message:
+    from ...federated.sites import site_evaluate
+
     model, cfg, site, _ = _client_model(msg, context, run_config)
     result = site_evaluate(model, cfg, site)
     metrics = {"num-examples": 0.0, "site-miou": 0.0}  # the same keys from every site (Flower checks)

@@ -29,7 +29,6 @@ from flwr.server.strategy import Strategy
 
 from ...config import Config
 from .config import ARRAYS, CONFIG, FINGERPRINT, METRICS, max_examples, train_metric_keys
-from .records import record_to_numpy_f32
 from .replies import announced_arrays, scalar_metrics
 
 log = logging.getLogger("ovseg.flower")
@@ -61,6 +60,7 @@ def _delta_reply(msg: Message, context: Context, call_next) -> Message:
     The plain reply is checked by the privacy guard's rules first: a violation raises, and the outer guard
     sends a fixed error."""
     from .guard import privacy_violations
+    from .records import record_to_numpy_f32  # torch: only this stage of SecAgg+ handles tensors
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     names = str(fitins.config.get(KEYS_CONFIG, "")).split("\n")
@@ -151,6 +151,8 @@ class _SecAggStrategy(Strategy):
 
     def __init__(self, cfg: Config, keys: list[str], initial: ArrayRecord, fingerprint: str, guard, evaluate_fn):
         self.cfg, self.keys, self.fingerprint, self.guard, self.evaluate_fn = cfg, keys, fingerprint, guard, evaluate_fn
+        from .records import record_to_numpy_f32
+
         arrays = record_to_numpy_f32(initial)
         self.initial = ndarrays_to_parameters([arrays[k] for k in keys])
         self.current: list[np.ndarray] = [arrays[k] for k in keys]
