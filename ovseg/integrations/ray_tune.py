@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -104,13 +105,18 @@ def _trainable(config: dict) -> None:
         metrics = {**metrics, "mlflow_run_id": tracker.run_id or ""}
         ckpt = ray.tune.Checkpoint.from_directory(str(path.parent)) if path is not None else None
         ray.tune.report(metrics, checkpoint=ckpt)
+        if path is not None:  # Tune has copied it to the sweep's storage
+            shutil.rmtree(path.parent, ignore_errors=True)
 
-    scratch = Path(tempfile.mkdtemp(prefix="ovseg-trial-"))
-    trainer = Pretrainer(cfg, WorkerEnv(device=device, report=report, scratch=scratch), tracker)
-    if resume is not None:
-        trainer.restore(resume)
-    trainer.run()
-    tracker.close("FINISHED")
+    scratch = Path(tempfile.mkdtemp(prefix="ovseg-trial-"))  # this trial's own: removed when it ends
+    try:
+        trainer = Pretrainer(cfg, WorkerEnv(device=device, report=report, scratch=scratch), tracker)
+        if resume is not None:
+            trainer.restore(resume)
+        trainer.run()
+        tracker.close("FINISHED")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _existing_child_run(uri: str, parent_run_id: str | None, trial_id: str) -> str | None:
