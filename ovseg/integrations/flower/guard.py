@@ -71,8 +71,9 @@ def _fixed_error(msg: Message, code: int, reason: str) -> Message:
 def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
     """Outermost client mod: send only what ``privacy_violations`` allows, and error replies with a fixed text
     (an exception's message may name the site's files or quote its captions: it stays in the site's log).
-    With ``audit-log`` in the node config, every outgoing reply is described (record kinds, array names,
-    dtypes and shapes, metric keys; never values) in that JSON-lines file, with what was refused and why."""
+    With ``audit-log`` in the node config, every outgoing reply is described (the Flower run it answers, record
+    kinds, array names, dtypes and shapes, metric keys; never values) in that JSON-lines file, with what was
+    refused and why."""
     refused: list[str] = []
     secagg, message_type = is_secagg(msg), msg.metadata.message_type  # before the mods below rewrite msg
     announced = announced_arrays(msg.content) if message_type == "train" else {}
@@ -94,7 +95,7 @@ def privacy_guard_mod(msg: Message, context: Context, call_next) -> Message:
             reply = _fixed_error(msg, ErrorCode.MOD_FAILED_PRECONDITION, GUARD_REFUSED)
     audit = context.node_config.get("audit-log")
     if audit:
-        entry = {"message_type": message_type, "error": reply.has_error(),
+        entry = {"run_id": msg.metadata.run_id, "message_type": message_type, "error": reply.has_error(),
                  "error_code": reply.error.code if reply.has_error() else None,
                  "error_reason": reply.error.reason if reply.has_error() else None,
                  "records": {} if reply.has_error() else describe(reply.content), "refused": refused}
