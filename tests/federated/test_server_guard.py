@@ -218,6 +218,7 @@ def test_privacy_guard_keeps_error_texts_and_forbidden_records_at_the_site(tmp_p
         assert "patient" not in reply.error.reason and "hospital" not in reply.error.reason
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
     assert [x["error"] for x in lines] == [True, True] and all(x["records"] == {} for x in lines)
+    assert [x["run_id"] for x in lines] == [msg.metadata.run_id] * 2 == [1, 1]  # the run each reply answered
 
 
 def test_dp_mode_sends_parameters_only():
