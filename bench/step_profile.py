@@ -1,7 +1,7 @@
 """Where a training step's time goes, per part, at the three configurations of the speed comparison.
 
-    python bench/step_profile.py [--setups tiny,vits-stage1,vits-stage2] [--steps 15] [--warmup 3] [--threads 2]
-                                 [--text-tokens 17] [--out bench/results/step-profile.jsonl]
+    python bench/step_profile.py [--setups tiny,vits-stage1,vits-stage2] [--precisions fp32,bf16] [--steps 15]
+                                 [--warmup 3] [--threads 2] [--text-tokens 17] [--out bench/results/step-profile.jsonl]
 
 Setups (random weights; random images of the config's size; texts of ``--text-tokens`` tokens):
   tiny         width 192, depths [2, 2], 16 -> 4 groups, 96 px, patch 8, BERT 2 x 128, batch 32, stage 1
@@ -14,7 +14,9 @@ forward (vision, text, entity decoder, projectors, the momentum encoder); the lo
 (scipy) inside the mask term, the backward pass, the optimizer (clip + AdamW) and the EMA update are timed by
 wrapping the functions the engine calls. "other forward" is the model's forward minus its timed children.
 ``data`` is the real caption loader (in-process, no worker) producing the same batch size from a generated
-synthetic world at the setup's image size. Each part's median over the timed steps is printed with its share of
+synthetic world at the setup's image size. ``--precisions``: float32, and/or the bf16 autocast step that
+``train.bf16`` runs on a GPU and ``train.bf16_cpu`` on a CPU with native bf16 (towers in bf16, losses in float32;
+skipped with a note where the CPU has none). Each part's median over the timed steps is printed with its share of
 the median step, and images/s; one JSON line per setup goes to ``--out``.
 """
 
@@ -111,7 +113,7 @@ def _data_seconds(cfg, batch: int, stage: int, n: int) -> float:
     return statistics.median(times)
 
 
-def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path) -> dict:
+def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path, precision: str = "fp32") -> dict:
     import torch
 
     import ovseg.losses as losses_mod
@@ -154,7 +156,7 @@ def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path) ->
         for i in range(warmup + steps):
             clock.step.clear()
             t0 = time.perf_counter()
-            engine.train_step(task, data, opt)
+            engine.train_step(task, data, opt, autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
             total = time.perf_counter() - t0
             if i < warmup:
                 continue
@@ -173,7 +175,8 @@ def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path) ->
     step = statistics.median(totals)
     parts = {k: statistics.median(v) for k, v in per_part.items()}
     parts["data (loader, one batch)"] = _data_seconds(cfg, batch, stage, n=min(steps, 8))
-    return {"setup": name, "batch": batch, "stage": stage, "text_tokens": tokens, "step_s": step,
+    return {"setup": name, "precision": precision, "batch": batch, "stage": stage, "text_tokens": tokens,
+            "step_s": step,
             "images_per_s": batch / step, "parts_s": parts, "threads": torch.get_num_threads(),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
             "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"}
@@ -186,6 +189,7 @@ def cfg_size(overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setups", default=",".join(SETUPS))
+    p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -197,12 +201,23 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     worlds = Path(args.worlds or tempfile.mkdtemp(prefix="ovseg-step-profile-"))
-    for name in args.setups.split(","):
+    from ovseg.train.engine import cpu_has_native_bf16
+
+    names, precisions = args.setups.split(","), args.precisions.split(",")
+    for name in names:
         if name not in SETUPS:
             print(f"step_profile: error: unknown setup {name!r} (known: {', '.join(SETUPS)})", file=sys.stderr)
             return 2
-        r = profile(name, args.steps, args.warmup, args.text_tokens, worlds)
-        print(f"\n{name}: batch {r['batch']}, stage {r['stage']}, {r['threads']} threads, {r['machine']}, "
+    for prec in precisions:
+        if prec not in ("fp32", "bf16"):
+            print(f"step_profile: error: unknown precision {prec!r} (known: fp32, bf16)", file=sys.stderr)
+            return 2
+    if "bf16" in precisions and not cpu_has_native_bf16():
+        print("step_profile: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 skipped", file=sys.stderr)
+        precisions = [p for p in precisions if p != "bf16"]
+    for name, prec in [(n, q) for n in names for q in precisions]:
+        r = profile(name, args.steps, args.warmup, args.text_tokens, worlds, prec)
+        print(f"\n{name} {prec}: batch {r['batch']}, stage {r['stage']}, {r['threads']} threads, {r['machine']}, "
               f"{r['date']}: step {r['step_s']:.3f} s, {r['images_per_s']:.1f} img/s")
         for part, sec in sorted(r["parts_s"].items(), key=lambda kv: -kv[1]):
             share = "" if part.startswith("data") else f" ({100 * sec / r['step_s']:4.1f} %)"

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from ovseg.train.pretrain import check_data
 
     check_data(cfg)  # shards that exist, epochs whose length is known: before any worker starts
+    if cfg.train.bf16_cpu and not cfg.train.use_gpu and not (args.address or os.environ.get("RAY_ADDRESS")):
+        import torch
+
+        from ovseg.train.engine import autocast_dtype_for
+
+        autocast_dtype_for(torch.device("cpu"), cfg.train.bf16, True)  # local CPU workers: this CPU decides
 
     from ovseg.integrations.ray_train import run_pretraining
 

@@ -26,7 +26,9 @@ def train_step(task: Task, batch: dict[str, torch.Tensor], optimizer: torch.opti
     batch = task.prepare(batch)
     with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         out = model(batch)
-        total, parts = task.losses(out, batch)
+    if autocast_dtype is not None:  # the losses (logits at scale up to 100, softmaxes, Dice) in float32
+        out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+    total, parts = task.losses(out, batch)
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss {total.item()} ({ {k: v.item() for k, v in parts.items()} })")
     optimizer.zero_grad(set_to_none=True)
@@ -38,6 +40,27 @@ def train_step(task: Task, batch: dict[str, torch.Tensor], optimizer: torch.opti
     metrics = {"loss": total.item(), "grad_norm": float(grad_norm), "logit_scale": out["logit_scale"].detach().item()}
     metrics.update({k: v.item() for k, v in parts.items()})
     return metrics
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype_for(device: torch.device, bf16: bool, bf16_cpu: bool) -> torch.dtype | None:
+    """The autocast dtype of a training step on ``device``: bf16 on a GPU when ``bf16``, on a CPU when
+    ``bf16_cpu`` (an error where the CPU would only emulate it), float32 (None) otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16 if bf16 else None
+    if device.type == "cpu" and bf16_cpu:
+        if not cpu_has_native_bf16():
+            raise ValueError("train.bf16_cpu=true but this CPU has no native bf16 (AVX512-BF16 or AMX): "
+                             "it would be emulated and slower than float32; set train.bf16_cpu=false")
+        return torch.bfloat16
+    return None
 
 
 def train_steps(task: Task, batches: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, n: int,

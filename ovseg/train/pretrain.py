@@ -31,7 +31,7 @@ from ..eval.report import evaluate_and_log
 from ..losses import Gather
 from ..models import build_model
 from ..tracking import NullTracker
-from .engine import train_steps
+from .engine import autocast_dtype_for, train_steps
 from .resume import data_state, own_data_state, position_loader
 from .schedule import Schedule, build_optimizer
 from .task import Task
@@ -99,6 +99,7 @@ def check_data(cfg: Config) -> None:
 class Pretrainer:
     def __init__(self, cfg: Config, env: WorkerEnv, tracker=None):
         self.cfg, self.env = cfg, env
+        self.autocast = autocast_dtype_for(env.device, cfg.train.bf16, cfg.train.bf16_cpu)  # before any work
         self.tracker = tracker or NullTracker()
         self.main = env.rank == 0
         torch.manual_seed(cfg.seed)  # `seed` decides the initial weights too (every rank the same), not only the data order
@@ -277,7 +278,7 @@ class Pretrainer:
 
             self.tracker.log_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False), "config.yaml")
         tc = self.cfg.train
-        autocast = torch.bfloat16 if (tc.bf16 and self.env.device.type == "cuda") else None
+        autocast = self.autocast
         self.final_metrics = {}
         start = 0
         for stage, n in self.stages:
