@@ -45,7 +45,7 @@ def run_one(name: str, batch: int, steps: int, device: str, bf16: bool, text_tok
     mask = torch.ones(batch, L, dtype=torch.long, device=device)
     data = {"image": torch.randn(batch, 3, size, size, device=device), "caption_ids": ids, "caption_mask": mask,
             "question_ids": ids, "question_mask": mask, "answer_ids": ids, "answer_mask": mask}
-    opt = build_optimizer(model, 1e-4)
+    opt = build_optimizer(model, 1e-4, fused=cfg.train.fused_adamw)
     kw = {"autocast_dtype": torch.bfloat16} if bf16 else {}
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -144,7 +144,7 @@ def profile(name: str, steps: int, warmup: int, tokens: int, world_dir: Path, pr
     task.after_update = clock.wrap("EMA update", task.after_update)
     losses_mod.hungarian_match = clock.wrap("hungarian", losses_mod.hungarian_match)
     data = _batch(model, cfg, batch, tokens, stage)
-    opt = build_optimizer(model, 1e-4)
+    opt = build_optimizer(model, 1e-4, fused=cfg.train.fused_adamw)
     opt.step = clock.wrap("optimizer", opt.step)
     clip = torch.nn.utils.clip_grad_norm_
     torch.nn.utils.clip_grad_norm_ = clock.wrap("optimizer", clip)

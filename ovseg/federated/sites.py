@@ -71,7 +71,7 @@ def local_train(model: torch.nn.Module, cfg: Config, site: Site, *, steps: int, 
     reported metric, the example count and the skip count; the model is updated in place."""
     keys = exchange_keys(model, cfg)
     model.set_frozen_norms(cfg.fed.frozen_norms)
-    optimizer = build_optimizer(model, cfg.fed.lr, cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg.fed.lr, cfg.train.weight_decay, fused=cfg.train.fused_adamw)
     batches, skipped = KINDS[site.kind].batches(cfg, model, site.train_shards(), seed)
     extra = (proximal_term(model, get_tensors(model, keys), proximal_mu),) if proximal_mu > 0 else ()
     task = Task(model, cfg.loss, extra_terms=extra)

@@ -195,7 +195,7 @@ class Pretrainer:
                          warmup_start=tc.warmup_lr * scale)
         else:
             sched = dict(peak=tc.stage2_lr * scale, floor=tc.stage2_min_lr * scale, warmup=0, warmup_start=0.0)
-        optimizer = build_optimizer(self.model, sched["peak"], tc.weight_decay)
+        optimizer = build_optimizer(self.model, sched["peak"], tc.weight_decay, fused=tc.fused_adamw)
         resume = getattr(self, "_resume_optim", None)
         if resume is not None and resume[1] is not None and resume[2] == stage:
             optimizer_from_tensors(optimizer, resume[0], resume[1])

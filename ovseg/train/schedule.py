@@ -25,13 +25,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.05,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                     fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``. ``fused`` (default: when every trainable parameter is on a GPU) uses the
-    single-kernel CUDA implementation; on CPU the default for-loop one stays (the multi-tensor one was no
-    faster on 2 cores and the results are the same)."""
+    """AdamW over ``param_groups``.
+
+    ``fused``: the single-kernel implementation (``train.fused_adamw``), on a GPU and on a CPU alike when every
+    trainable parameter is a float tensor on one kind of device; on this project's 2-core CPU it updates the
+    ViT-S-width model's 45M parameters in 21 ms against 95 ms for the for-loop one (213 ms multi-tensor). Its
+    results differ from the for-loop one's in the last bit. False: the for-loop implementation. None (the
+    default here): fused only when every parameter is on a GPU.
+    """
     groups = param_groups(model, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    floats = bool(params) and all(p.is_floating_point() for p in params)
+    one_kind = len({p.device.type for p in params}) == 1
     if fused is None:
-        params = [p for g in groups for p in g["params"]]
-        fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+        fused = floats and all(p.is_cuda for p in params)
+    fused = bool(fused) and floats and one_kind and params[0].device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
