@@ -250,7 +250,7 @@ def test_the_optimizer_is_fused_as_the_config_says():
     assert not build_optimizer(model, 1e-3).defaults["fused"]  # no choice given, CPU: the for-loop one
     assert build_optimizer(model, 1e-3, fused=True).defaults["fused"]  # train.fused_adamw: on CPU too
     assert not build_optimizer(model, 1e-3, fused=False).defaults["fused"]
-    assert load_config("debug").train.fused_adamw and not load_config("tiny").train.fused_adamw
+    assert load_config("vit-b16-cc4m").train.fused_adamw and not load_config("tiny").train.fused_adamw
     if torch.cuda.is_available():
         assert build_optimizer(model.cuda(), 1e-3).defaults["fused"]
 
