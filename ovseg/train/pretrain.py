@@ -278,7 +278,6 @@ class Pretrainer:
 
             self.tracker.log_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False), "config.yaml")
         tc = self.cfg.train
-        autocast = self.autocast
         self.final_metrics = {}
         start = 0
         for stage, n in self.stages:
@@ -295,7 +294,8 @@ class Pretrainer:
             schedule = Schedule(optimizer, start, n, **sched)
             hooks = _StageHooks(self, stage, end, batch, loader, optimizer, schedule)
             train_steps(task, self._batches(loader), optimizer, end - self.step, hooks=[schedule, hooks],
-                        start_step=self.step, device=self.env.device, clip_grad=tc.clip_grad, autocast_dtype=autocast)
+                        start_step=self.step, device=self.env.device, clip_grad=tc.clip_grad,
+                        autocast_dtype=self.autocast)
             if hooks.stopped:
                 return self.final_metrics
             self.counts = loader.counts.as_dict()
