@@ -290,3 +290,36 @@ def test_script_never_empties_the_working_folder(tmp_path, monkeypatch, capsys):
     assert script.main([*args, "--seed", "3", "--overwrite"]) == 0 and Path.cwd() == cwd
     assert (cwd / "mine.txt").read_text() == "mine" and json.loads((cwd / "manifest.json").read_text())["seed"] == 3
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def _ensure_in_subprocess(out, barrier, results):
+    from ovseg.config import load_config
+    from ovseg.data.synthetic.world import ensure_synthetic_world
+
+    cfg = load_config("debug", [f"data.synthetic_dir={out}", "data.synthetic_train=6", "data.synthetic_val=3",
+                                "data.synthetic_seg=0"])
+    barrier.wait()  # every process reaches the first use at the same moment
+    try:
+        results.put(str(ensure_synthetic_world(cfg)))
+    except Exception as e:  # noqa: BLE001 - the test reports what went wrong in the child
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_starting_together_share_one_generated_world(tmp_path):
+    """Parallel first uses (trials, local runs) must all get the world, generated once (before the lock, all but
+    one failed with 'manifest.json is in the way')."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # not a Pool: its workers are daemons, and the generator forks its own
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_ensure_in_subprocess, args=(tmp_path / "w", barrier, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    roots = sorted(results.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert roots == [str(tmp_path / "w")] * 3
+    written = json.loads((tmp_path / "w" / "ovseg-world.json").read_text())["files"]
+    on_disk = sorted(p.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").rglob("*") if p.is_file())
+    assert on_disk == sorted(written)  # one world's files, no second copy
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]  # no half-written world left behind

@@ -32,6 +32,7 @@ on first use, generate the same world from ``cfg.data.synthetic_*`` without impo
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import multiprocessing
 import os
@@ -263,14 +264,26 @@ def world_config(cfg):
 
 
 def ensure_synthetic_world(cfg) -> Path:
-    """Generate the embedded world on first use (atomic: a half-written world never appears)."""
+    """Generate the embedded world on first use (atomic: a half-written world never appears).
+
+    Processes that start together on a fresh machine (parallel trials, several local runs) would each generate
+    the same world and all but the first would find the others' files in the way: the first takes an exclusive
+    lock on ``.<name>.lock`` beside the world and generates it, the others wait on the lock and then find it.
+    """
     root = synthetic_root(cfg)
-    if not (root / "manifest.json").is_file():
-        print(f"[ovseg] generating the synthetic world into {root} (first use)", flush=True)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        d = cfg.data
-        generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
-                       num_seg=d.synthetic_seg,
-                       config=world_config(cfg),
-                       num_workers=2, overwrite=root.exists())
+    if (root / "manifest.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[ovseg] waiting for another process generating the synthetic world into {root}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "manifest.json").is_file():  # the process we waited for may have written it
+            print(f"[ovseg] generating the synthetic world into {root} (first use)", flush=True)
+            d = cfg.data
+            generate_world(root, seed=d.synthetic_seed, num_train=d.synthetic_train, num_val=d.synthetic_val,
+                           num_seg=d.synthetic_seg, config=world_config(cfg), num_workers=2,
+                           overwrite=root.exists())
     return root
