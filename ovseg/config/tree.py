@@ -58,6 +58,14 @@ class VisionConfig(Checked):
     # GroupViT adds each group's query (cross-attended over the whole image) to the mean of the tokens it was
     # assigned; False keeps only the assigned tokens, so a group cannot carry what lies outside its segment
     group_residual: bool = True
+    # in training, the probability per image that the group residual is left out (its groups are built from
+    # their assigned tokens alone): a group's meaning must then come from the tokens it lies on
+    group_residual_drop: float = between(0.0, 1.0, 0.0, hi_open=True)
+    # a LayerNorm on each group's pooled tokens before the residual is added. The residual leaves a post-norm
+    # cross-attention (norm about sqrt(width)) while the pooled tokens start near zero and stay small (a fifth
+    # of the residual's norm at step 400 of tiny): a group's meaning then comes from its image-wide query, not
+    # from the tokens it is assigned, which are what zero-shot segmentation reads
+    pooled_norm: bool = False
     # subtract the image's mean key from every token's key before the assignment logits (per group, a constant
     # over the image's tokens): groups compete on what tells tokens apart, not on what the image shares
     center_keys: bool = False
@@ -179,6 +187,11 @@ class ModelConfig(Checked):
     logit_scale_init: float = positive(0.07)  # temperature; the scale exp(tau) is capped at logit_scale_max
     logit_scale_max: float = positive(100.0)
     momentum: float = unit(0.99)  # EMA of the image encoder for cross-image mask consistency (stage 2)
+    # How the class-name prompts of a training batch (the multi-label and supervised mask terms) pass the text
+    # projector's BatchNorm: "batch" normalises the batch's few, near-identical prompts by their own statistics
+    # (and moves the running ones toward them); "running" uses the running statistics, as zero-shot evaluation
+    # does, so the class embeddings a loss trains are the ones evaluation reads
+    class_prompt_norms: str = choice("batch", ("batch", "running"))
 
     def check_together(self) -> None:
         # the entity decoder works at the text features' width: text.head_dim, else a random tower's width

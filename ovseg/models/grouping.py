@@ -86,9 +86,11 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_tokens: int, num_output_groups: int,
                  hard: bool = True, gumbel_tau: float = 1.0, assign_eps: float = 1.0, norm_eps: float = 1e-5,
-                 gumbel: bool = True, group_residual: bool = True, center_keys: bool = False):
+                 gumbel: bool = True, group_residual: bool = True, center_keys: bool = False,
+                 group_residual_drop: float = 0.0, pooled_norm: bool = False):
         super().__init__()
         self.group_residual = group_residual
+        self.group_residual_drop = group_residual_drop
         self.norm_tokens = nn.LayerNorm(dim, eps=norm_eps)
         # token-mixing MLP: S group tokens -> G output groups, hidden width D/2 (GroupViT mlp_ratio (0.5, 4))
         self.mlp_inter = Mlp(num_group_tokens, int(0.5 * dim), num_output_groups)
@@ -97,6 +99,7 @@ class GroupingBlock(nn.Module):
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, post_norm=True, norm_eps=norm_eps)
         self.assign = AssignAttention(dim, hard=hard, gumbel_tau=gumbel_tau, assign_eps=assign_eps, gumbel=gumbel,
                                       center_keys=center_keys)
+        self.norm_pooled = nn.LayerNorm(dim, eps=norm_eps) if pooled_norm else None
         self.norm_new_x = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp_channels = Mlp(dim, 4 * dim, out_dim)
         self.reduction = nn.Linear(dim, out_dim, bias=False) if out_dim != dim else nn.Identity()
@@ -107,7 +110,13 @@ class GroupingBlock(nn.Module):
         groups = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))  # (B, G, D)
         groups = self.pre_assign_attn(groups, x)
         new_x, attn = self.assign(groups, x)
+        if self.norm_pooled is not None:  # the assigned tokens weigh as much as the image-wide query from the start
+            new_x = self.norm_pooled(new_x)
         if self.group_residual:  # GroupViT: each group adds its (image-wide) cross-attended query to its pooled tokens
+            if self.training and self.group_residual_drop > 0:
+                # left out for some images: their groups must mean what their own tokens show
+                keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.group_residual_drop
+                groups = groups * keep.to(groups.dtype)
             new_x = new_x + groups
         new_x = self.reduction(new_x) + self.mlp_channels(self.norm_new_x(new_x))
         return new_x, attn

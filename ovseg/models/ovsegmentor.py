@@ -19,6 +19,7 @@ The batch keys a forward understands, each optional but the first two:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -34,6 +35,20 @@ from .mosaic import per_image
 from .pretrained import LoadReport, load_vision_weights
 from .text import TextTower, Tokenizer
 from .vision import GroupViT, VisionOutput
+
+
+@contextlib.contextmanager
+def running_norms(module: nn.Module, on: bool = True):
+    """Within the block, the BatchNorm layers of ``module`` normalise with their running statistics and leave
+    them unchanged (their scale and shift still get gradients); their mode is restored afterwards."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training] if on else []
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
 
 
 class OVSegmentor(nn.Module):
@@ -130,7 +145,8 @@ class OVSegmentor(nn.Module):
         if "cross_image" in batch:
             out.update(self._cross_image_masks(vis, batch))
         if "class_ids" in batch:
-            class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
+            with running_norms(self.text_projector, self.cfg.class_prompt_norms == "running"):
+                class_emb = self.encode_text(batch["class_ids"], batch["class_mask"])  # (C, E)
             out["group_class_logits"] = out["logit_scale"] * group_emb @ class_emb.t()  # (B, G, C)
             out["class_emb"] = class_emb
             if "mosaic_image" in batch:

@@ -98,7 +98,8 @@ class GroupingStage(nn.Module):
                 dim, dim, cfg.num_heads[index], n_tok, cfg.num_output_groups[index], hard=cfg.hard_assignment,
                 gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, norm_eps=cfg.norm_eps,
                 gumbel=cfg.gumbel, group_residual=cfg.group_residual,
-                center_keys=cfg.center_keys)
+                center_keys=cfg.center_keys, group_residual_drop=cfg.group_residual_drop,
+                pooled_norm=cfg.pooled_norm)
 
     def forward(self, x: torch.Tensor, prev_group: torch.Tensor | None, registers: torch.Tensor | None = None):
         """[tokens, registers, group tokens] through the blocks; the tokens (only) are then grouped."""

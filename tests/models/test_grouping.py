@@ -135,3 +135,44 @@ def test_without_the_group_residual_a_group_is_its_tokens_only():
     with_residual = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2).eval()
     with_residual.load_state_dict(block.state_dict())
     assert not torch.allclose(with_residual(x, tok)[0], out, atol=1e-4)
+
+
+def test_residual_drop_builds_some_images_groups_from_their_tokens_only():
+    """group_residual_drop: in training, each image's groups either get GroupViT's residual or are built from their
+    tokens alone (the group_residual=False block with the same weights), per image; evaluation always adds it."""
+    torch.manual_seed(0)
+    drop = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2, gumbel=False,
+                         group_residual_drop=0.5).train()
+    plain = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2, gumbel=False).train()
+    alone = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2, gumbel=False,
+                          group_residual=False).train()
+    plain.load_state_dict(drop.state_dict())
+    alone.load_state_dict(drop.state_dict())
+    x, tok = torch.randn(32, 9, 16), torch.randn(32, 4, 16)
+    out = drop(x, tok)[0]
+    with_res, without = plain(x, tok)[0], alone(x, tok)[0]
+    kept = [torch.allclose(out[i], with_res[i], atol=1e-6) for i in range(32)]
+    dropped = [torch.allclose(out[i], without[i], atol=1e-6) for i in range(32)]
+    assert all(k != d for k, d in zip(kept, dropped))  # every image is exactly one of the two
+    assert 4 <= sum(dropped) <= 28  # about half (binomial(32, 0.5): outside this range with p < 1e-4)
+    torch.testing.assert_close(drop.eval()(x, tok)[0], plain.eval()(x, tok)[0], rtol=0, atol=0)
+
+
+def test_pooled_norm_layer_normalises_the_assigned_tokens_before_the_residual():
+    """pooled_norm: group = LayerNorm(mean of its assigned tokens' values, projected) + the cross-attended query,
+    worked out from the block's own parts; without it the pooled part keeps its (small) scale."""
+    torch.manual_seed(0)
+    block = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2, pooled_norm=True).eval()
+    x, tok = torch.randn(2, 9, 16), torch.randn(2, 4, 16)
+    out, attn = block(x, tok)
+    groups = block.norm_post_tokens(block.mlp_inter(block.norm_tokens(tok).transpose(1, 2)).transpose(1, 2))
+    groups = block.pre_assign_attn(groups, block.norm_x(x))
+    pooled = block.assign.proj((attn.hard / (attn.hard.sum(-1, keepdim=True) + 1.0))
+                               @ block.assign.v_proj(block.norm_x(x)))
+    mean, var = pooled.mean(-1, keepdim=True), pooled.var(-1, unbiased=False, keepdim=True)
+    new_x = (pooled - mean) / torch.sqrt(var + 1e-5) + groups  # the LayerNorm starts at weight 1, bias 0
+    want = block.reduction(new_x) + block.mlp_channels(block.norm_new_x(new_x))
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    plain = GroupingBlock(16, 16, 2, num_group_tokens=4, num_output_groups=2).eval()
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("norm_pooled")})
+    assert not torch.allclose(plain(x, tok)[0], out, atol=1e-3)

@@ -236,3 +236,39 @@ def test_frozen_norms_normalise_with_running_statistics_in_training():
     assert all(b.training for b in bn)
     with pytest.raises(ValueError, match="no module"):
         m.set_frozen_norms(("txt_projector",))
+
+
+def test_running_class_prompt_norms_give_the_class_embeddings_that_evaluation_reads():
+    """model.class_prompt_norms=running: in a training forward the class prompts (multi-label, supervised masks)
+    pass the text projector's BatchNorm with its running statistics, exactly as encode_text at evaluation, and
+    leave them unchanged; the captions of the same forward still normalise by (and update) the batch's."""
+    torch.manual_seed(0)
+    cfg = load_config("debug", ["model.class_prompt_norms=running", "model.text.dropout=0"])
+    m = build_model(cfg)
+    tok = m.tokenizer
+    bn = [x for x in m.text_projector.modules() if isinstance(x, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        for b in bn:
+            b.running_mean.normal_()
+            b.running_var.uniform_(0.5, 2.0)
+    m.train()
+    before = [b.running_mean.clone() for b in bn]
+    c_ids, c_mask = tok(["a photo of a cat.", "a photo of a dog.", "a photo of a bus."])
+    ids, mask = tok(["a cat on a mat", "a dog and a bus", "a red bus"])
+    batch = {"image": torch.randn(3, 3, S, S), "caption_ids": ids, "caption_mask": mask,
+             "class_ids": c_ids, "class_mask": c_mask}
+    out = m(batch)
+    assert all(b.training for b in bn)  # restored after the class prompts
+    # the running means moved once, by the captions' forward alone (momentum 0.1 toward their batch mean)
+    with torch.no_grad():
+        hidden = m.text_projector.net[0](m.text_features(ids, mask)[0])
+    torch.testing.assert_close(bn[0].running_mean, 0.9 * before[0] + 0.1 * hidden.mean(0), rtol=0, atol=1e-5)
+    out["group_class_logits"].sum().backward()  # the norm's scale and shift still learn from the prompts
+    assert bn[0].weight.grad is not None and bn[0].weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        at_eval = m.encode_text(c_ids, c_mask)  # what zero-shot evaluation reads, with these statistics
+    assert torch.allclose(out["class_emb"], at_eval, atol=1e-6)
+    batch_norms = build_model(load_config("debug", ["model.text.dropout=0"]))
+    batch_norms.load_state_dict(m.state_dict())
+    assert not torch.allclose(batch_norms.train()(batch)["class_emb"], at_eval, atol=1e-3)  # the default: "batch"
