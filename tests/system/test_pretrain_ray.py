@@ -163,35 +163,57 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(world, tmp_path, mlflo
     assert restarted_at >= 4 and f"step {restarted_at + 1}/40" in out and out.count("step 1/40 ") == 1
 
 
-def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri):
+def _start_head(log: Path):
+    """``ray start --head --block`` on loopback ports of our own; returns the process, the dashboard port and
+    Ray's temp folder."""
     gcs, dash, client = free_port(), free_port(), free_port()
     ray_tmp = tempfile.mkdtemp(prefix="ovr", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
          "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=env(), start_new_session=True, stdout=open(tmp_path / "ray.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        # (the client server's port is ours too: Ray's fixed default, 10001, is taken by whatever got there first,
-        # and the head stops all its processes when one of them cannot bind)
-        wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
-        runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}}
-        args = _args(world, tmp_path / "runs", "job", "train.stage1_steps=2", "train.ckpt_every=100",
-                     "train.num_workers=1")
-        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                  "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-                  "python", "platform/pretrain.py", *args]
-        deadline = time.time() + 120
-        while True:
-            job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=400)
-            # the dashboard answers before its job agent has registered on a busy machine; the submission is
-            # refused (no job is created), so asking again is what a user would do
-            if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
-                break
-            time.sleep(3)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert "succeeded" in job.stdout and "zero-shot synthetic mIoU" in job.stdout
-        assert _latest(tmp_path / "runs" / "job").step == 2
-    finally:
-        stop(head, timeout=60)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={ray_tmp}"],
+        env=env(), start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    # (the client server's port is ours too: Ray's fixed default, 10001, is taken by whatever got there first)
+    return head, dash, ray_tmp
+
+
+def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri):
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "HF_HUB_OFFLINE": "1"}}
+    args = _args(world, tmp_path / "runs", "job", "train.stage1_steps=2", "train.ckpt_every=100",
+                 "train.num_workers=1")
+    for attempt in range(3):
+        head, dash, ray_tmp = _start_head(tmp_path / f"ray-{attempt}.log")
+        job = None
+        try:
+            try:
+                wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
+            except RuntimeError:  # the head exited before its dashboard answered
+                pass
+            deadline = time.time() + 120
+            while head.poll() is None:
+                submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                          f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--runtime-env-json",
+                          json.dumps(runtime_env), "--", "python", "platform/pretrain.py", *args]
+                job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=400)
+                # the dashboard answers before its job agent has registered on a busy machine; the submission is
+                # refused (no job is created), so asking again is what a user would do
+                if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
+                    break
+                time.sleep(3)
+            head_died = head.poll() is not None
+            if head_died:  # keep what the dead head's client server said, before its temp folder goes
+                for f in Path(ray_tmp).glob("session_*/logs/ray_client_server*"):
+                    shutil.copy(f, tmp_path / f"{attempt}-{f.name}")
+        finally:
+            stop(head, timeout=60)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        # On a loaded 2-core machine one of the head's processes (seen twice: the Ray client server, exit code 1,
+        # its reason gone with the head's temp folder) can exit at start, and ``--block`` then stops the whole head
+        # and the submission's connection with it: start a new head, as a user would.
+        if (job is not None and job.returncode == 0) or not head_died:
+            break
+    assert job is not None, f"three Ray heads exited at start: {sorted(p.name for p in tmp_path.iterdir())}"
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    assert "succeeded" in job.stdout and "zero-shot synthetic mIoU" in job.stdout
+    assert _latest(tmp_path / "runs" / "job").step == 2
