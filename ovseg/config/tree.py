@@ -62,8 +62,8 @@ class VisionConfig(Checked):
     # their assigned tokens alone): a group's meaning must then come from the tokens it lies on
     group_residual_drop: float = between(0.0, 1.0, 0.0, hi_open=True)
     # a LayerNorm on each group's pooled tokens before the residual is added. The residual leaves a post-norm
-    # cross-attention (norm about sqrt(width)) while the pooled tokens start near zero and stay small (a fifth
-    # of the residual's norm at step 400 of tiny): a group's meaning then comes from its image-wide query, not
+    # cross-attention (norm about sqrt(width)) while the pooled tokens start near zero and stay small (14-23 %
+    # of the residual's norm at step 400 of tiny with the frozen MiniLM and 4 groups): a group's meaning then comes from its image-wide query, not
     # from the tokens it is assigned, which are what zero-shot segmentation reads
     pooled_norm: bool = False
     # subtract the image's mean key from every token's key before the assignment logits (per group, a constant

@@ -190,11 +190,11 @@ def test_ray_job_submit_to_a_loopback_cluster(world, tmp_path, mlflow_uri):
                 wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120, proc=head)
             except RuntimeError:  # the head exited before its dashboard answered
                 pass
+            submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                      f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--runtime-env-json",
+                      json.dumps(runtime_env), "--", "python", "platform/pretrain.py", *args]
             deadline = time.time() + 120
             while head.poll() is None:
-                submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
-                          f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--runtime-env-json",
-                          json.dumps(runtime_env), "--", "python", "platform/pretrain.py", *args]
                 job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=400)
                 # the dashboard answers before its job agent has registered on a busy machine; the submission is
                 # refused (no job is created), so asking again is what a user would do
