@@ -10,7 +10,16 @@ For each checkpoint, on the first 128 val images of its synthetic world (``--ima
 - ``prompt_cos_train_eval``: per class, the cosine between its prompt embedding with the text projector's
   BatchNorm in training mode on the batch of all class prompts (what the multi-label term reads with
   ``model.class_prompt_norms=batch``) and in evaluation mode (what zero-shot segmentation reads), and the mean
-  cosine between different classes' prompts in each mode.
+  cosine between different classes' prompts in each mode;
+- how the last grouping block assigns the patches: ``assign_margin`` (median over patches of the gap between
+  the best and the second-best group's assignment logit), ``train_eval_agreement`` (the share of patches that
+  the training assignment, hard with Gumbel noise, gives the group the noise-free argmax of evaluation gives
+  them; 1/G when the groups' logits tie on every patch and the training assignment is a random draw),
+  ``eval_shares`` (each group's share of the patches at evaluation, sorted, mean over images);
+- grouping against labelling: ``miou`` (the checkpoint's zero-shot mIoU on these images, ``ovseg.eval.evaluate``
+  with the checkpoint's protocol) and ``oracle_miou`` (its groups at evaluation, one window per 64-pixel image,
+  each labelled with the majority ground-truth label of its pixels): an oracle near the all-background level
+  means the groups do not follow the scene at all.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ def main(argv=None) -> int:
     from ovseg.data.benchmarks.registry import build_benchmark
     from ovseg.data.captions.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ovseg.data.synthetic.world import ensure_synthetic_world
+    from ovseg.eval.evaluate import evaluate
+    from ovseg.eval.metrics import ConfusionMatrix
+    from ovseg.models.grouping import gumbel_softmax
 
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     for path in args.checkpoints:
@@ -47,12 +59,12 @@ def main(argv=None) -> int:
                          for i in range(min(args.images, len(bench)))])
         block = model.vision.layers[-2].downsample  # the last grouping block
         parts = {}
-        hooks = [block.assign.register_forward_hook(lambda m, i, o: parts.__setitem__("pooled", o[0])),
+        hooks = [block.assign.register_forward_hook(lambda m, i, o: parts.update(pooled=o[0], logits=m.logits(*i)[0])),
                  block.pre_assign_attn.register_forward_hook(lambda m, i, o: parts.__setitem__("query", o))]
         names = list(bench.class_names[1:])
         ids, mask = model.tokenizer([f"a photo of a {n}." for n in names])
         with torch.no_grad():
-            model.encode_image(x)
+            _, _, assign = model.encode_image(x)
             at_eval = model.encode_text(ids, mask)
             model.text_projector.train()  # BatchNorm on the batch of prompts, as the multi-label term reads them
             in_training = model.encode_text(ids, mask)
@@ -61,6 +73,26 @@ def main(argv=None) -> int:
             h.remove()
         pooled, query = parts["pooled"].norm(dim=-1), parts["query"].norm(dim=-1)
         C = len(names)
+        logits = parts["logits"]  # (B, G, N) the last block's assignment logits
+        G = logits.shape[1]
+        top2 = logits.topk(2, dim=1).values
+        torch.manual_seed(0)
+        drawn = gumbel_softmax(logits, block.assign.gumbel_tau, hard=True, dim=1).argmax(1)
+        agreement = (drawn == logits.argmax(1)).float().mean().item()
+        # evaluation's groups per pixel (the same upsampling window_logits uses), scored twice
+        groups = torch.nn.functional.interpolate(assign, size=x.shape[-2:], mode="bilinear",
+                                                 align_corners=False).argmax(1)
+        shares = torch.stack([(groups == g).float().flatten(1).mean(1) for g in range(G)], 1)
+        truth = torch.stack([torch.as_tensor(bench[i][1]).long() for i in range(len(x))])
+        K = len(bench.class_names)
+        oracle = ConfusionMatrix(K)
+        for i in range(len(x)):
+            g, t = groups[i].flatten(), truth[i].flatten()
+            label = torch.zeros(G, dtype=torch.long)
+            for k in range(G):
+                if (g == k).any():
+                    label[k] = torch.bincount(t[g == k], minlength=K).argmax()
+            oracle.update(label[g].view(truth[i].shape).numpy(), truth[i].numpy())
 
         def off_diagonal(e):
             return round(((e @ e.t()).sum().item() - C) / (C * (C - 1)), 3)
@@ -68,6 +100,11 @@ def main(argv=None) -> int:
         print(json.dumps({
             "checkpoint": str(path), "pooled_norm": round(pooled.mean().item(), 2),
             "query_norm": round(query.mean().item(), 2), "ratio": round((pooled / query).mean().item(), 3),
+            "assign_margin": round((top2[:, 0] - top2[:, 1]).median().item(), 3),
+            "train_eval_agreement": round(agreement, 3),
+            "eval_shares": [round(v, 3) for v in shares.sort(1, descending=True).values.mean(0).tolist()],
+            "miou": round(evaluate(model, bench, protocol=cfg.eval, max_images=len(x)).miou, 4),
+            "oracle_miou": round(oracle.miou(), 4),
             "prompt_cos_train_eval": dict(zip(names, [round(v, 3) for v in (at_eval * in_training).sum(-1).tolist()])),
             "prompt_pair_cos": {"eval": off_diagonal(at_eval), "train": off_diagonal(in_training)}}), flush=True)
     return 0

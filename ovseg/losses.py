@@ -17,6 +17,8 @@ and ``rank``; nothing here touches torch.distributed itself.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import numpy as np
@@ -206,6 +208,23 @@ def group_usage_loss(assign: torch.Tensor) -> torch.Tensor:
     share = assign.float().flatten(2).mean(-1)  # (B, G)
     G = share.shape[1]
     return (share * (share.clamp(min=1e-12) * G).log()).sum(1).mean()
+
+
+def group_confidence_loss(assign: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of each patch's assignment over the groups, divided by log G (an option, not the paper's).
+
+    assign: (B, G, h, w) softmax over the G groups. 0 when every patch is certain of its group, 1 when every patch
+    is even over all groups. For one image, ``group_usage_loss`` (KL of the shares from uniform) + log G x this term
+    = log G - I(patch; group), the mutual information between a patch and its group: the shares alone can be made
+    even by leaving every patch undecided, and then the hard Gumbel assignment pools a random subset of the
+    patches into each group in training.
+    """
+    a = assign.float().flatten(2)  # (B, G, N)
+    G = a.shape[1]
+    if G < 2:
+        return assign.sum() * 0.0
+    entropy = -(a * a.clamp(min=1e-12).log()).sum(1)  # (B, N)
+    return entropy.mean() / math.log(G)
 
 
 def group_diversity_loss(group_emb: torch.Tensor) -> torch.Tensor:

@@ -243,6 +243,10 @@ class LossConfig(Checked):
     # it even) or "hard" (the one-hot the groups are pooled with, straight-through gradients). Soft learned
     # better on 2 of 3 seeds at step 400 (docs/results.md, 1 Dec 2026, evening)
     group_usage_on: str = choice("soft", ASSIGNMENTS)
+    # mean entropy over the groups of each patch's soft assignment, / log G (losses.group_confidence_loss): every
+    # patch decides on a group, so the training assignment (hard, with Gumbel noise) is the evaluation's argmax and
+    # not a random draw among groups whose logits tie. Not part of OVSegmentor: 0 reproduces the paper.
+    group_confidence_weight: float = at_least(0.0, 0.0)
 
     @property
     def needs_entity_prompts(self) -> bool:

@@ -63,13 +63,18 @@ class AssignAttention(nn.Module):
         self.gumbel_tau = gumbel_tau
         self.assign_eps = assign_eps
 
-    def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, GroupAttention]:
-        q, k, v = self.q_proj(groups), self.k_proj(tokens), self.v_proj(tokens)  # (B,G,D) (B,N,D) (B,N,D)
+    def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(assignment logits (B, G, N) before any noise, queries (B, G, D), keys (B, N, D))."""
+        q, k = self.q_proj(groups), self.k_proj(tokens)  # (B,G,D) (B,N,D)
         if self.center_keys:
             # each token competes on how it differs from the image's mean token: a group that matches what all
             # tokens share gains the same on every token and cannot take the whole image for it
             k = k - k.mean(1, keepdim=True)
-        raw = q @ k.transpose(1, 2) * self.scale  # (B, G, N)
+        return q @ k.transpose(1, 2) * self.scale, q, k
+
+    def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, GroupAttention]:
+        raw, q, k = self.logits(groups, tokens)  # (B, G, N)
+        v = self.v_proj(tokens)  # (B, N, D)
         if self.hard and self.training and self.gumbel:
             assign = gumbel_softmax(raw, self.gumbel_tau, hard=True, dim=1)
         elif self.hard:

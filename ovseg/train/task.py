@@ -29,6 +29,7 @@ from ..losses import (
     contrastive_loss,
     entity_group_loss,
     group_diversity_loss,
+    group_confidence_loss,
     group_usage_loss,
     mask_consistency_loss,
     mosaic_loss,
@@ -112,6 +113,10 @@ def _usage(out, batch, ctx):
     return group_usage_loss(out[key]) if key in out else None
 
 
+def _confidence(out, batch, ctx):
+    return group_confidence_loss(out["assign"]) if "assign" in out else None
+
+
 def _seg(out, batch, ctx):
     if "group_class_logits" not in out or batch.get("label") is None:
         return None
@@ -131,6 +136,7 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("mosaic", "mosaic_weight", _mosaic),
     LossTerm("diversity", "group_diversity_weight", _diversity),
     LossTerm("usage", "group_usage_weight", _usage),
+    LossTerm("confidence", "group_confidence_weight", _confidence),
     LossTerm("seg", "seg_weight", _seg),
 )
 

@@ -378,3 +378,44 @@ def test_seg_term_reads_the_configured_assignment_and_the_batch_background_class
     assert not torch.allclose(hard_parts["loss_seg"], soft_parts["loss_seg"])
     with pytest.raises(ValueError, match="seg_assignment"):
         LossConfig(seg_assignment="mixed")
+
+
+def test_group_confidence_loss_is_the_mean_patch_entropy_over_log_g_by_hand():
+    from ovseg.losses import group_confidence_loss, group_usage_loss
+
+    # one image, three groups, four patches: two certain, one split 1/2-1/2 over two groups, one even over all
+    a = torch.zeros(1, 3, 2, 2)
+    a[0, 0, 0, 0] = 1.0
+    a[0, 2, 0, 1] = 1.0
+    a[0, 0, 1, 0] = a[0, 1, 1, 0] = 0.5
+    a[0, :, 1, 1] = 1 / 3
+    want = (0 + 0 + math.log(2) + math.log(3)) / 4 / math.log(3)
+    assert math.isclose(float(group_confidence_loss(a)), want, rel_tol=1e-6)
+    # with the usage term: log G - I(patch; group), I from the joint table p(patch, group) = a / N by a plain loop
+    N, G = 4, 3
+    joint = [[float(a[0, g].view(-1)[n]) / N for g in range(G)] for n in range(N)]
+    pg = [sum(joint[n][g] for n in range(N)) for g in range(G)]
+    mi = sum(joint[n][g] * math.log(joint[n][g] / (pg[g] / N)) for n in range(N) for g in range(G) if joint[n][g] > 0)
+    both = float(group_usage_loss(a)) + math.log(G) * float(group_confidence_loss(a))
+    assert math.isclose(both, math.log(G) - mi, rel_tol=1e-6)
+    certain = torch.zeros(2, 4, 3, 3)
+    certain[:, 1] = 1.0
+    assert float(group_confidence_loss(certain)) == 0.0
+    even = torch.full((2, 4, 3, 3), 0.25)
+    assert math.isclose(float(group_confidence_loss(even)), 1.0, rel_tol=1e-6)
+
+
+def test_group_confidence_term_is_off_in_the_named_recipes_and_reads_the_soft_assignment(debug_cfg):
+    from ovseg.config import load_config
+    from ovseg.losses import group_confidence_loss
+    from ovseg.train.task import LossContext, LOSS_TERMS
+
+    term = next(t for t in LOSS_TERMS if t.name == "confidence")
+    for name in ("tiny", "vit-s16-cc4m", "vit-b16-cc4m", "groupvit-gcc"):
+        assert getattr(load_config(name).loss, term.weight) == 0.0, name  # not the paper's; not in tiny (yet)
+    assert getattr(debug_cfg.loss, term.weight) > 0  # the tests' config has every term on but the mosaic
+    soft = torch.rand(2, 3, 4, 4).softmax(1)
+    hard = torch.zeros_like(soft).scatter_(1, soft.argmax(1, keepdim=True), 1.0)
+    got = term.compute({"assign": soft, "assign_hard": hard}, {}, LossContext(debug_cfg.loss))
+    assert torch.equal(got, group_confidence_loss(soft)) and float(got) > 0
+    assert term.compute({}, {}, LossContext(debug_cfg.loss)) is None
