@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         drawn = gumbel_softmax(logits, block.assign.gumbel_tau, hard=True, dim=1).argmax(1)
         agreement = (drawn == logits.argmax(1)).float().mean().item()
-        # evaluation's groups per pixel (the same upsampling window_logits uses), scored twice
+        # evaluation's group of each pixel (upsampled as ovseg.eval.segment.window_logits does)
         groups = torch.nn.functional.interpolate(assign, size=x.shape[-2:], mode="bilinear",
                                                  align_corners=False).argmax(1)
         shares = torch.stack([(groups == g).float().flatten(1).mean(1) for g in range(G)], 1)

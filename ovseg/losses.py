@@ -18,7 +18,6 @@ and ``rank``; nothing here touches torch.distributed itself.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 import numpy as np
